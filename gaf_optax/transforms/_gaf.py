@@ -416,8 +416,10 @@ def sgd_gaf(
     momentum: momentum coefficient, >= 0 (0 keeps no buffer).
     nesterov: Nesterov momentum, as in PyTorch (``d + momentum * buf``).
     weight_decay: coupled L2 coefficient added to the gradient, >= 0.
-    alpha: GAF output scale (positive float, array or schedule).
-    beta: GAF input scale (positive float, array or schedule).
+    alpha: GAF output scale (positive float, array or schedule); not used
+      with ``fn="adaptive"``, which sets it per leaf and step.
+    beta: GAF input scale (positive float, array or schedule); not used with
+      ``fn="adaptive"``.
     fn: ``"arctan"``, ``"tanh"``, ``"log"``, ``"adaptive"`` or a callable.
     position: ``"momentum"`` or ``"gradient"``, where GAF is applied.
     shrink: only with ``fn="adaptive"``: output bound is ``max|d|/shrink``.
