@@ -65,12 +65,31 @@ _ATAN_COEFFS = (
 )
 
 
+def _reciprocal(a: jax.Array) -> jax.Array:
+  """1/a for float32 a in [1, 1e30], to about 1 ulp, without a division.
+
+  XLA treats division as expensive and will not recompute it in each
+  consumer of a value: `gaf` before Adam (two consumers, the two moments)
+  would then be written to memory and read back. Multiplies and adds are
+  cheap, so this keeps GAF fused into its consumers. A bit-pattern initial
+  guess (relative error < 12.5%) and three Newton steps (error squares each
+  step: 1.6e-2, 2.4e-4, 6e-8).
+  """
+  bits = jax.lax.bitcast_convert_type(a, jnp.int32)
+  r = jax.lax.bitcast_convert_type(jnp.int32(0x7EF311C3) - bits, jnp.float32)
+  for _ in range(3):
+    r = r * (2.0 - a * r)
+  return r
+
+
 @jax.custom_jvp
 def fast_arctan(x: jax.Array) -> jax.Array:
   """Float32 arctan within 2.5 ulp, cheaper than XLA's on CPU.
 
   Uses ``atan(x) = pi/2 - atan(1/x)`` for ``|x| > 1`` and a degree-17 odd
-  polynomial on ``[0, 1]``. ``+-inf`` map to ``+-pi/2``, NaN stays NaN and the
+  polynomial on ``[0, 1]``, with multiplies and adds only (no division), so
+  XLA keeps it fused into every consumer. (For ``|x| > 1e30``, ``1/x`` is
+  taken as ``1e-30``: the float32 result is ``pi/2`` either way.) ``+-inf`` map to ``+-pi/2``, NaN stays NaN and the
   sign of zero is kept. Inputs of another floating dtype are computed in
   float32 (float64 inputs use :func:`jax.numpy.arctan`, to stay exact). Its
   derivative is the exact ``1 / (1 + x**2)``.
@@ -93,7 +112,7 @@ def fast_arctan(x: jax.Array) -> jax.Array:
   y = x.astype(jnp.float32)
   a = jnp.abs(y)
   big = a > 1.0
-  t = jnp.where(big, 1.0 / a, a)
+  t = jnp.where(big, _reciprocal(jnp.clip(a, 1.0, 1e30)), a)
   z = t * t
   p = jnp.float32(_ATAN_COEFFS[-1])
   for c in _ATAN_COEFFS[-2::-1]:

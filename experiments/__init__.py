@@ -1,0 +1,1 @@
+"""Entry points: demos, benchmarks and experiments built on gaf_optax."""

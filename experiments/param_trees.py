@@ -1,0 +1,76 @@
+"""Parameter-tree shapes of standard networks, for optimizer benchmarks.
+
+Shapes follow the PyTorch reference implementations (conv kernels in Flax's
+HWIO layout; BatchNorm scale and bias; no running statistics), so parameter
+counts match theirs: ResNet-18 for CIFAR-10 has 11,173,962 parameters and
+ResNet-50 for ImageNet 25,557,032. Only shapes are built here; the Flax
+models themselves live in `gaf_optax.models`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _conv_bn(tree, name, k, cin, cout):
+  tree[f"{name}/kernel"] = (k, k, cin, cout)
+  tree[f"{name}_bn/scale"] = (cout,)
+  tree[f"{name}_bn/bias"] = (cout,)
+
+
+def resnet_shapes(stage_sizes, bottleneck, *, num_classes, imagenet_stem):
+  """Flat dict of parameter shapes of a ResNet (v1.5 for bottlenecks)."""
+  tree: dict[str, tuple[int, ...]] = {}
+  if imagenet_stem:
+    _conv_bn(tree, "stem", 7, 3, 64)
+  else:  # CIFAR variant: 3x3 stem, no max-pool
+    _conv_bn(tree, "stem", 3, 3, 64)
+  cin = 64
+  expansion = 4 if bottleneck else 1
+  for stage, blocks in enumerate(stage_sizes):
+    width = 64 * 2**stage
+    for b in range(blocks):
+      name = f"stage{stage}_block{b}"
+      stride = 2 if (b == 0 and stage > 0) else 1
+      cout = width * expansion
+      if bottleneck:
+        _conv_bn(tree, f"{name}/conv1", 1, cin, width)
+        _conv_bn(tree, f"{name}/conv2", 3, width, width)
+        _conv_bn(tree, f"{name}/conv3", 1, width, cout)
+      else:
+        _conv_bn(tree, f"{name}/conv1", 3, cin, width)
+        _conv_bn(tree, f"{name}/conv2", 3, width, width)
+      if stride != 1 or cin != cout:
+        _conv_bn(tree, f"{name}/shortcut", 1, cin, cout)
+      cin = cout
+  tree["head/kernel"] = (cin, num_classes)
+  tree["head/bias"] = (num_classes,)
+  return tree
+
+
+SHAPES = {
+    "resnet18_cifar10": resnet_shapes([2, 2, 2, 2], False, num_classes=10,
+                                      imagenet_stem=False),
+    "resnet50_imagenet": resnet_shapes([3, 4, 6, 3], True, num_classes=1000,
+                                       imagenet_stem=True),
+}
+
+
+def random_tree(name: str, key: jax.Array, scale: float = 1.0,
+                dtype=jnp.float32) -> dict[str, jax.Array]:
+  """A tree of normal(0, scale) arrays with the shapes of network `name`."""
+  shapes = SHAPES[name]
+  keys = jax.random.split(key, len(shapes))
+  return {k: scale * jax.random.normal(kk, s, dtype)
+          for kk, (k, s) in zip(keys, sorted(shapes.items()))}
+
+
+def num_params(name: str) -> int:
+  total = 0
+  for shape in SHAPES[name].values():
+    n = 1
+    for d in shape:
+      n *= d
+    total += n
+  return total
