@@ -1,0 +1,31 @@
+"""Activations with reshaped gradients: GAAF functions and ANAct modules."""
+
+from gaf_optax.nn._anact import ANAct
+from gaf_optax.nn._anact import NGELU
+from gaf_optax.nn._anact import NReLU
+from gaf_optax.nn._anact import NSwish
+from gaf_optax.nn._anact import NTanh
+from gaf_optax.nn._anact import anact_lambda
+from gaf_optax.nn._gaaf import gaaf
+from gaf_optax.nn._gaaf import gaaf_relu
+from gaf_optax.nn._gaaf import gaaf_sigmoid
+from gaf_optax.nn._gaaf import gaaf_tanh
+from gaf_optax.nn._gaaf import relu_shape
+from gaf_optax.nn._gaaf import sigmoid_shape
+from gaf_optax.nn._gaaf import tanh_shape
+
+__all__ = [
+    "ANAct",
+    "NGELU",
+    "NReLU",
+    "NSwish",
+    "NTanh",
+    "anact_lambda",
+    "gaaf",
+    "gaaf_relu",
+    "gaaf_sigmoid",
+    "gaaf_tanh",
+    "relu_shape",
+    "sigmoid_shape",
+    "tanh_shape",
+]
