@@ -38,6 +38,8 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
                                                              fn=jnp.arctan),
       "optax.adam": optax.adam(1e-3),
       "adam_gaf": gaf_optax.adam_gaf(1e-3),
+      "chain(gaf(), optax.adam)": optax.chain(gaf_optax.gaf(0.1, 15.0),
+                                              optax.adam(1e-3)),
   }
 
 
