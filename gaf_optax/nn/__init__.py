@@ -1,4 +1,8 @@
-"""Activations with reshaped gradients: GAAF functions and ANAct modules."""
+"""Activations with reshaped gradients (GAAF, ANAct) and amplification points."""
+
+from gaf_optax.nn._amplify import AmplificationPoints
+from gaf_optax.nn._amplify import amplify
+from gaf_optax.nn._amplify import signal_norms
 
 from gaf_optax.nn._anact import ANAct
 from gaf_optax.nn._anact import NGELU
@@ -16,10 +20,12 @@ from gaf_optax.nn._gaaf import tanh_shape
 
 __all__ = [
     "ANAct",
+    "AmplificationPoints",
     "NGELU",
     "NReLU",
     "NSwish",
     "NTanh",
+    "amplify",
     "anact_lambda",
     "gaaf",
     "gaaf_relu",
@@ -27,5 +33,6 @@ __all__ = [
     "gaaf_tanh",
     "relu_shape",
     "sigmoid_shape",
+    "signal_norms",
     "tanh_shape",
 ]
