@@ -48,6 +48,12 @@ def _soft(x):
   return x / (1 + jnp.abs(x))
 
 
+def _amplification_labels(params):
+  # "b" is layer 1, every other leaf layer 0 (masked-out leaves are absent).
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: int(jax.tree_util.keystr(path) == "['b']"), params)
+
+
 CASES = {
     "gaf_arctan": Case(gaf_optax.gaf, dict(alpha=0.3, beta=4.5), _with_sgd),
     "gaf_tanh": Case(gaf_optax.gaf, dict(alpha=0.3, beta=4.5, fn="tanh"),
@@ -87,6 +93,18 @@ CASES = {
         inject_rtol=1e-5),
     "rmsprop_gaf": Case(gaf_optax.rmsprop_gaf,
                         dict(learning_rate=0.003, momentum=0.5)),
+    # The controller's weight-gradient variant needs no extra arguments;
+    # labels are a function of the params so optax.masked can drop leaves.
+    "amplification_weight_gradient": Case(
+        gaf_optax.gradient_amplification,
+        dict(num_layers=2, steps_per_epoch=2, start_epoch=1, selection="cv",
+             labels=_amplification_labels),
+        _with_sgd, static_args=("num_layers", "steps_per_epoch", "labels")),
+    "amplification_random": Case(
+        gaf_optax.gradient_amplification,
+        dict(num_layers=2, steps_per_epoch=1, start_epoch=0,
+             selection="random", ratio=0.5, labels=_amplification_labels),
+        _with_sgd, static_args=("num_layers", "steps_per_epoch", "labels")),
 }
 NAMES = sorted(CASES)
 
@@ -177,8 +195,11 @@ def test_dtypes_are_kept(name, dtype):
   params, state, updates = _run(CASES[name].build(), steps=2, dtype=dtype)
   for tree in (params, updates[-1]):
     assert {x.dtype for x in jax.tree.leaves(tree)} == {jnp.dtype(dtype)}
+  shapes = {x.shape for x in jax.tree.leaves(params)}
   for x in jax.tree.leaves(state):
-    if x.ndim:  # per-parameter buffers follow the parameter dtype
+    # Per-parameter buffers follow the parameter dtype (O(layers) statistics,
+    # like the amplification controller's, are float32).
+    if x.ndim and x.shape in shapes:
       assert x.dtype == dtype, (name, x.dtype)
 
 
