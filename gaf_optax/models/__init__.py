@@ -1,0 +1,195 @@
+"""Flax reference models for CIFAR and ImageNet, with gradient hooks.
+
+Every model is a ``flax.linen`` module on NHWC images that returns logits::
+
+  model = gaf_optax.models.get("resnet18", num_classes=10)
+  variables = model.init(key, x, train=False)
+  logits, updates = model.apply(variables, x, train=True, amp_factors=None,
+                                mutable=["batch_stats"])
+
+Registry names (``names()`` lists them; ``get(name, **kwargs)`` passes the
+keyword arguments to the constructor, e.g. ``num_classes``, ``act``,
+``dtype``, or smaller ``widths`` for tests):
+
+- CIFAR, 32x32 input, 10 classes by default: ``resnet18``, ``resnet34``,
+  ``resnet50``, ``resnet101``, ``preact_resnet18``, ``vgg16``, ``vgg19``,
+  ``densenet121``, ``mobilenet_v2``, ``lenet``, ``sigmoid_lenet`` (kuangliu's
+  pytorch-cifar, used by the official GAF code), ``resnet20``, ``resnet56``
+  (He et al.'s CIFAR ResNets with option-A shortcuts), ``mlp`` (a plain MLP
+  on the flattened input, any input size).
+- ImageNet, 224x224 input, 1000 classes by default (torchvision):
+  ``imagenet_resnet18``, ``imagenet_resnet34``, ``imagenet_resnet50`` (v1.5),
+  ``imagenet_se_resnet18`` (squeeze-excitation, reduction 16).
+
+Parameter counts equal the PyTorch references (BN scale and bias count,
+running statistics do not); see ``num_params``.
+
+Hooks shared by all models:
+
+- ``act``: an activation function (``nn.relu``, ``gaf_optax.nn.gaaf_relu``)
+  or a stateful activation module class (``gaf_optax.nn.NSwish``), whose
+  state lives in ``batch_stats`` next to BatchNorm's.
+- ``dtype`` / ``param_dtype``: e.g. bfloat16 compute with float32 parameters.
+- BatchNorm uses PyTorch's defaults (momentum 0.9, epsilon 1e-5), batch
+  statistics when ``train=True`` and running statistics otherwise.
+- ``amp_factors``: gradient-amplification points (Basodi et al. 2020; see
+  ``gaf_optax.nn.amplify``). Each model has ``num_amplification_points``
+  points; pass ``amp_factors`` as ``float32[num_amplification_points]`` (a
+  traced argument: changing it never recompiles) or ``None`` (no points).
+  Point ``i`` multiplies the gradient flowing back through it by
+  ``amp_factors[i]``. BN models put a point after each BatchNorm of the main
+  or residual branch, never on a shortcut or projection BN nor after a
+  residual addition; LeNet and the MLP (no BN) after each conv / hidden Dense,
+  before the activation. ``amplify_activations=True`` adds a point after each
+  such activation. The model classes document their exact placement; the
+  points are numbered in forward order (input side first).
+- Per-point statistics: ``jax.grad`` of the loss with respect to
+  ``amp_factors`` gives, for each point, the squared norm of the gradient
+  signal arriving at it (before it is amplified); ``gaf_optax.nn.
+  signal_norms`` turns that into the norms the amplification controller
+  takes. One backward pass gives both::
+
+    def loss_fn(params, factors):
+      logits, updates = model.apply({"params": params, **state}, x,
+                                    train=True, amp_factors=factors,
+                                    mutable=["batch_stats"])
+      return loss(logits, y), updates
+    (loss, updates), (grads, sq_norms) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, factors)
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from gaf_optax import models
+  >>> models.get("resnet20").num_amplification_points  # no tracing needed
+  19
+  >>> model = models.get("mlp", features=(8, 8), num_classes=3)
+  >>> x = jnp.ones((4, 2, 2, 3))
+  >>> variables = model.init(jax.random.key(0), x, train=False)
+  >>> def loss(params, factors):
+  ...   logits = model.apply({"params": params}, x, train=True,
+  ...                        amp_factors=factors)
+  ...   return jnp.sum(logits ** 2)
+  >>> factors = jnp.full((model.num_amplification_points,), 2.0)
+  >>> grads, sq_norms = jax.grad(loss, argnums=(0, 1))(variables["params"],
+  ...                                                   factors)
+  >>> sq_norms.shape  # one squared signal norm per point
+  (2,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from gaf_optax.models._cifar import MLP
+from gaf_optax.models._cifar import DenseNet
+from gaf_optax.models._cifar import DenseNet121
+from gaf_optax.models._cifar import LeNet
+from gaf_optax.models._cifar import MobileNetV2
+from gaf_optax.models._cifar import PreActResNet18
+from gaf_optax.models._cifar import ResNet18
+from gaf_optax.models._cifar import ResNet20
+from gaf_optax.models._cifar import ResNet34
+from gaf_optax.models._cifar import ResNet50
+from gaf_optax.models._cifar import ResNet56
+from gaf_optax.models._cifar import ResNet101
+from gaf_optax.models._cifar import SigmoidLeNet
+from gaf_optax.models._cifar import VGG
+from gaf_optax.models._cifar import VGG16
+from gaf_optax.models._cifar import VGG19
+from gaf_optax.models._common import make_activation
+from gaf_optax.models._common import num_params
+from gaf_optax.models._imagenet import ImageNetResNet18
+from gaf_optax.models._imagenet import ImageNetResNet34
+from gaf_optax.models._imagenet import ImageNetResNet50
+from gaf_optax.models._imagenet import ImageNetSEResNet18
+from gaf_optax.models._resnet import BasicBlock
+from gaf_optax.models._resnet import Bottleneck
+from gaf_optax.models._resnet import PreActBlock
+from gaf_optax.models._resnet import ResNet
+from gaf_optax.models._resnet import SqueezeExcite
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "DenseNet",
+    "DenseNet121",
+    "ImageNetResNet18",
+    "ImageNetResNet34",
+    "ImageNetResNet50",
+    "ImageNetSEResNet18",
+    "LeNet",
+    "MLP",
+    "MobileNetV2",
+    "PreActBlock",
+    "PreActResNet18",
+    "ResNet",
+    "ResNet101",
+    "ResNet18",
+    "ResNet20",
+    "ResNet34",
+    "ResNet50",
+    "ResNet56",
+    "SigmoidLeNet",
+    "SqueezeExcite",
+    "VGG",
+    "VGG16",
+    "VGG19",
+    "get",
+    "make_activation",
+    "names",
+    "num_params",
+]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    # CIFAR (32x32).
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "resnet101": ResNet101,
+    "resnet20": ResNet20,
+    "resnet56": ResNet56,
+    "preact_resnet18": PreActResNet18,
+    "vgg16": VGG16,
+    "vgg19": VGG19,
+    "densenet121": DenseNet121,
+    "mobilenet_v2": MobileNetV2,
+    "lenet": LeNet,
+    "sigmoid_lenet": SigmoidLeNet,
+    "mlp": MLP,
+    # ImageNet (224x224).
+    "imagenet_resnet18": ImageNetResNet18,
+    "imagenet_resnet34": ImageNetResNet34,
+    "imagenet_resnet50": ImageNetResNet50,
+    "imagenet_se_resnet18": ImageNetSEResNet18,
+}
+
+
+def names() -> tuple[str, ...]:
+  """The registry's model names, sorted."""
+  return tuple(sorted(_MODELS))
+
+
+def get(name: str, **kwargs: Any) -> nn.Module:
+  """Builds the model registered as ``name``.
+
+  Args:
+    name: a registry name (see the module docstring or :func:`names`).
+    **kwargs: passed to the model's constructor, overriding its defaults
+      (``num_classes``, ``act``, ``amplify_activations``, ``dtype``,
+      ``param_dtype``, and architecture fields such as ``widths``).
+
+  Returns:
+    The (unbound) Flax module.
+
+  Raises:
+    ValueError: for an unknown name; the message lists the known names.
+  """
+  try:
+    constructor = _MODELS[name]
+  except KeyError:
+    raise ValueError(f"Unknown model {name!r}; known models: "
+                     f"{', '.join(names())}.") from None
+  return constructor(**kwargs)

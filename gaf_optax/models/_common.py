@@ -1,0 +1,176 @@
+"""Pieces shared by the reference models: activations, layers, counting."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gaf_optax.nn import AmplificationPoints
+
+__all__ = [
+    "Activation",
+    "amplification_points",
+    "batch_norm",
+    "conv",
+    "dense",
+    "make_activation",
+    "num_params",
+]
+
+Activation = Callable[..., Any]
+Dtype = Any
+
+# He (Kaiming) normal with fan-out, as torchvision initializes its conv nets.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _is_module_class(act: Any) -> bool:
+  if isinstance(act, functools.partial):
+    act = act.func
+  return isinstance(act, type) and issubclass(act, nn.Module)
+
+
+def make_activation(act: Activation, train: bool) -> Callable[[jax.Array],
+                                                              jax.Array]:
+  """Turns a model's ``act`` attribute into a function of one array.
+
+  ``act`` may be a plain function (``nn.relu``, ``gaf_optax.nn.gaaf_relu``)
+  or a Flax module class with state, such as ``gaf_optax.nn.NSwish`` (also
+  ``functools.partial(NSwish, momentum=0.9)``). A module class is
+  instantiated at each call of the returned function, so it must be called
+  inside a module's compact method: every activation site then gets its own
+  submodule (its own ``batch_stats``), called with
+  ``use_running_average=not train``.
+
+  Args:
+    act: an activation function or an ``nn.Module`` subclass.
+    train: whether the model runs in training mode.
+
+  Returns:
+    A function ``x -> activated x``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gaf_optax.models._common import make_activation
+    >>> make_activation(jnp.tanh, train=True)(jnp.zeros(2)).tolist()
+    [0.0, 0.0]
+  """
+  if _is_module_class(act):
+    return lambda x: act()(x, use_running_average=not train)
+  if not callable(act):
+    raise ValueError(f"act must be a function or an nn.Module class; got "
+                     f"{act!r}.")
+  return act
+
+
+def amplification_points(amp_factors: jax.Array | None,
+                         expected: int) -> AmplificationPoints:
+  """Checks ``amp_factors`` against a model's point count and hands out points.
+
+  Args:
+    amp_factors: the model's ``amp_factors`` call argument, or None.
+    expected: the model's ``num_amplification_points``.
+
+  Returns:
+    An ``AmplificationPoints`` over ``amp_factors``. The model still calls its
+    ``check_used_all()`` at the end, which also checks ``expected`` against
+    the points the forward pass really used.
+
+  Raises:
+    ValueError: if ``amp_factors`` is not of shape ``(expected,)``.
+  """
+  if amp_factors is not None and jnp.shape(amp_factors) != (expected,):
+    raise ValueError(
+        f"amp_factors must have shape ({expected},), one factor per "
+        f"amplification point of this model; got {jnp.shape(amp_factors)}.")
+  return AmplificationPoints(amp_factors)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(value, int):
+    return (value, value)
+  return tuple(value)
+
+
+def conv(features: int, kernel_size: int, strides: int = 1, *,
+         padding: str | int | None = None, use_bias: bool = False,
+         groups: int = 1, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+  """A 2-D convolution with PyTorch's conventions (NHWC).
+
+  Args:
+    features: output channels.
+    kernel_size: square kernel size.
+    strides: square stride.
+    padding: symmetric padding on each side (PyTorch ``padding``), or a Flax
+      padding string; ``None`` means ``kernel_size // 2``, PyTorch's usual
+      "same" padding, which unlike Flax's ``"SAME"`` is symmetric also for
+      stride 2.
+    use_bias: whether the convolution has a bias.
+    groups: feature groups (``groups=features`` is a depthwise conv).
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+    name: submodule name.
+
+  Returns:
+    An ``nn.Conv`` with He-normal (fan-out) kernel initialization.
+  """
+  if padding is None:
+    padding = kernel_size // 2
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  return nn.Conv(features, _pair(kernel_size), strides=_pair(strides),
+                 padding=padding, use_bias=use_bias,
+                 feature_group_count=groups, kernel_init=conv_init,
+                 dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def batch_norm(train: bool, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults: momentum 0.9, epsilon 1e-5.
+
+  Batch statistics in training, running statistics in evaluation. The
+  statistics are computed in float32 even for bf16 inputs (Flax promotes
+  them), so ``dtype=jnp.bfloat16`` is safe.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
+                      name=name)
+
+
+def dense(features: int, *, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32,
+          name: str | None = None) -> nn.Dense:
+  """A fully connected layer with bias (Flax's default initializers)."""
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def num_params(model: nn.Module, input_shape: Sequence[int]) -> int:
+  """Number of trainable parameters (the ``params`` collection).
+
+  Shapes only (``jax.eval_shape``): nothing is computed or allocated. BatchNorm
+  scale and bias count; running statistics (``batch_stats``) do not, as in
+  PyTorch's ``sum(p.numel() for p in model.parameters())``.
+
+  Args:
+    model: a model of this package.
+    input_shape: the input's shape, batch first (NHWC for images).
+
+  Returns:
+    The number of parameters.
+
+  Example:
+    >>> from gaf_optax import models
+    >>> models.num_params(models.get("lenet"), (1, 32, 32, 3))
+    62006
+  """
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False), x)
+  return sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
