@@ -1,0 +1,149 @@
+"""Datasets, batching and augmentation for image classification.
+
+Pick a dataset by name with :func:`get`:
+
+=====================  ====================================================
+name                   what
+=====================  ====================================================
+``digits``             scikit-learn's bundled 8x8 digits (no download):
+                       1,348 train / 449 test, split fixed by a seeded
+                       shuffle (``np.random.default_rng(0)``, last 25% test)
+``cifar10``            TFDS ``cifar10`` (32x32x3, 10 classes)
+``cifar100``           TFDS ``cifar100`` (32x32x3, 100 fine labels)
+``imagenet2012``       TFDS ``imagenet2012``, read lazily and cropped on the
+                       host to 224x224 (train: random-resized crop; test =
+                       ``validation`` split: resize 256, centre crop 224)
+``tfds:NAME``          any TFDS set with ``image`` and ``label`` features
+``folder:PATH``        ``PATH/{train,test}/<class>/<image>``, or a .tar.gz of
+                       that layout read in place; decoded once and cached
+=====================  ====================================================
+
+Every dataset has ``train`` and ``test`` random-access sources
+(``len(src)``, ``src[i] -> (uint8 HWC image, int label)``); small ones hold
+arrays in memory. :func:`batches` turns a source into per-process batches
+whose order depends only on ``(seed, epoch)``; :func:`preprocess` augments
+and normalises a batch on the device.
+
+Dependencies: ``digits`` needs scikit-learn; image folders need Pillow; TFDS
+sets need ``tensorflow-datasets`` and ``array_record`` (read through
+``tfds.data_source``, no TensorFlow). All are in the ``experiments`` extra.
+The sources are plain random-access sequences, so Grain can also read them
+(``grain.MapDataset.source(ds.train)``).
+
+Preparing a TFDS dataset is a one-time step on a machine with network access
+(TensorFlow may be needed there, never for reading)::
+
+  tfds build cifar10 --file_format=array_record --data_dir=DATA_DIR
+
+then ``get("cifar10", data_dir=DATA_DIR)``; ``get(..., download=True)`` tries
+that step itself. ImageNet's archives must be placed by hand in
+``DATA_DIR/downloads/manual/`` first. Without a prepared copy, :func:`get`
+raises :class:`TfdsNotPreparedError` saying so.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from gaf_optax import data
+  >>> ds = data.get("digits")
+  >>> ds.num_classes, ds.image_shape, ds.num_train, ds.num_test
+  (10, (8, 8, 1), 1348, 449)
+  >>> batch = next(data.batches(ds.train, 32, seed=0, epoch=0))
+  >>> x = data.preprocess(batch["image"], jax.random.key(0), mean=ds.mean,
+  ...                     std=ds.std, train=True, crop_padding=1)
+  >>> x.shape, batch["label"].shape
+  ((32, 8, 8, 1), (32,))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from gaf_optax.data._augment import center_crop
+from gaf_optax.data._augment import preprocess
+from gaf_optax.data._augment import random_resized_crop
+from gaf_optax.data._batching import batches
+from gaf_optax.data._batching import epoch_order
+from gaf_optax.data._batching import steps_per_epoch
+from gaf_optax.data._sources import ArraySource
+from gaf_optax.data._sources import Dataset
+from gaf_optax.data._sources import default_cache_dir
+from gaf_optax.data._sources import digits
+from gaf_optax.data._sources import folder
+from gaf_optax.data._tfds import TfdsNotPreparedError
+from gaf_optax.data._tfds import TfdsSource
+from gaf_optax.data._tfds import load as load_tfds
+
+# Named datasets; "tfds:NAME" and "folder:PATH" are handled by prefix.
+# Each loader takes the keyword arguments data_dir and download.
+_NAMED: dict[str, Callable[..., Dataset]] = {
+    "digits": lambda data_dir, download: digits(),
+    "cifar10": functools.partial(load_tfds, "cifar10"),
+    "cifar100": functools.partial(load_tfds, "cifar100"),
+    "imagenet2012": functools.partial(load_tfds, "imagenet2012"),
+}
+_PREFIXES = ("tfds:NAME", "folder:PATH")
+
+
+def known_datasets() -> tuple[str, ...]:
+  """The names :func:`get` accepts (prefix forms shown with a placeholder)."""
+  return tuple(_NAMED) + _PREFIXES
+
+
+def get(name: str, *, data_dir: str | None = None, download: bool = False,
+        cache_dir: str | None = None) -> Dataset:
+  """Loads a dataset by name.
+
+  Args:
+    name: ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"imagenet2012"``,
+      ``"tfds:NAME"`` (any TFDS image classification set) or
+      ``"folder:PATH"`` (an image folder or a .tar.gz of one).
+    data_dir: TFDS data directory (TFDS sets only; default TFDS's own).
+    download: for TFDS sets that are not prepared, try downloading and
+      preparing them (needs network access).
+    cache_dir: where decoded image folders are cached; default
+      ``$GAF_OPTAX_CACHE`` or ``~/.cache/gaf_optax``.
+
+  Returns:
+    the :class:`Dataset`.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones), or a folder
+      without ``train/``/``test/`` or without images.
+    TfdsNotPreparedError: a TFDS set that is not prepared and was not
+      downloaded; the message says how to prepare it.
+  """
+  if name.startswith("folder:"):
+    path = name[len("folder:"):]
+    if not path:
+      raise ValueError("folder: needs a path, as in 'folder:/data/my_set'")
+    return folder(path, cache_dir=cache_dir, name=name)
+  if name.startswith("tfds:"):
+    tfds_name = name[len("tfds:"):]
+    if not tfds_name:
+      raise ValueError("tfds: needs a TFDS name, as in 'tfds:mnist'")
+    return load_tfds(tfds_name, data_dir=data_dir, download=download,
+                     dataset_name=name)
+  if name not in _NAMED:
+    raise ValueError(
+        f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
+  return _NAMED[name](data_dir=data_dir, download=download)
+
+
+__all__ = [
+    "ArraySource",
+    "Dataset",
+    "TfdsNotPreparedError",
+    "TfdsSource",
+    "batches",
+    "center_crop",
+    "default_cache_dir",
+    "digits",
+    "epoch_order",
+    "folder",
+    "get",
+    "known_datasets",
+    "load_tfds",
+    "preprocess",
+    "random_resized_crop",
+    "steps_per_epoch",
+]
