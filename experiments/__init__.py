@@ -1,1 +1,1 @@
-"""Entry points: demos, benchmarks and experiments built on gaf_optax."""
+"""Entry points: the quickstart, training, benchmarks and experiments built on gaf_optax."""

@@ -1,12 +1,17 @@
 """Smoke and correctness tests for the experiment entry points."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import optax
 import pytest
 
 import gaf_optax
-from experiments import bench_optimizer, demo, param_trees
+from experiments import bench_optimizer, param_trees, quickstart
 
 
 def test_param_tree_counts_match_pytorch_references():
@@ -22,10 +27,37 @@ def test_bench_rejects_unknown_tree(capsys):
   assert "unknown --trees ['vgg99']" in capsys.readouterr().err
 
 
-def test_demo_training_learns(monkeypatch):
-  monkeypatch.setattr(demo, "STEPS", 60)
-  x, y = demo.spirals(1024, seed=100)
-  chance = np.log(2.0)
-  for opt in (gaf_optax.sgd_gaf(0.05, 0.9), optax.sgd(0.05, 0.9)):
-    loss, acc = demo.train(opt, seed=0)
-    assert np.isfinite(loss) and loss < chance and 0.5 < acc <= 1.0
+def test_quickstart_reduced_mode_writes_a_finite_table(tmp_path, capsys):
+  out = str(tmp_path / "qs")
+  results = quickstart.main(["--epochs", "1", "--seeds", "1", "--out", out])
+  printed = capsys.readouterr().out
+  assert set(results["arms"]) == set(quickstart.ARMS)
+  for arm, res in results["arms"].items():
+    (run,) = res["runs"]
+    for key in ("final_test_accuracy", "best_test_accuracy",
+                "final_train_loss", "seconds"):
+      assert np.isfinite(run[key]), (arm, key, run[key])
+    assert 0.3 < run["final_test_accuracy"] <= 1.0, (arm, run)
+    assert f"| {arm} | " in printed
+  saved = json.load(open(os.path.join(out, "results.json")))
+  assert saved["arms"]["sgd"]["runs"][0]["final_test_accuracy"] == (
+      results["arms"]["sgd"]["runs"][0]["final_test_accuracy"])
+  assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+
+
+def test_main_entry_point_trains_and_writes_metrics(tmp_path):
+  work = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.main",
+       "--config=experiments/configs/digits_mlp.py", f"--workdir={work}",
+       "--config.num_epochs=2", "--config.optimizer=sgd_gaf",
+       "--config.progress=False", "--config.tensorboard=True"],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in open(work / "metrics.jsonl")]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert records[-1]["test_accuracy"] > 0.8
+  assert "last test accuracy" in proc.stdout
+  assert os.listdir(work / "tensorboard")
+  assert os.listdir(work / "checkpoints") == ["42"]

@@ -1,0 +1,81 @@
+"""Default training config; other configs override it.
+
+Every field used by ``gaf_optax.training`` is listed here with its default.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Data: "digits" (embedded), "cifar10", "cifar100", "imagenet2012",
+  # "tfds:<name>" or "folder:PATH" (see gaf_optax.data).
+  c.dataset = "digits"
+  c.data_dir = None
+  c.augment = True  # random crop with padding + horizontal flip
+  c.crop_padding = 4
+  c.flip = True
+
+  # Model: a gaf_optax.models name, its keyword overrides, the activation by
+  # name (gaf_optax.training.ACTIVATIONS) and GAAF's amplitude.
+  c.model = "mlp"
+  c.model_kwargs = ml_collections.ConfigDict({"features": (64, 64)})
+  c.act = "relu"
+  c.gaaf_amplitude = ml_collections.FieldReference(None, field_type=float)
+  c.half_precision = False  # bf16 compute, f32 parameters
+
+  # Optimizer by name: sgd, adam, sgd_gaf, adam_gaf, clip_norm, clip_value.
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.nesterov = False
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+  c.clip = 1.0  # clip_norm: global norm; clip_value: per element
+  c.gaf = ml_collections.ConfigDict({"alpha": 0.3, "beta": 4.5})
+  c.weight_decay = 5e-4  # coupled (L2 added to the gradient), as the papers
+  c.decay_bn_and_bias = True  # False: decay kernels only
+  c.schedule = "cosine"  # cosine | step | constant
+  c.warmup_epochs = 0.0
+  c.decay_epochs = ()
+  c.decay_factor = 0.1
+
+  # Gradient amplification (gaf_optax.gradient_amplification).
+  c.amplification = ml_collections.ConfigDict({
+      "enabled": False,
+      "mode": "points",  # points (the papers') | weights (ours)
+      "factor": 2.0,
+      "start_epoch": 1,
+      "end_epoch": ml_collections.FieldReference(None, field_type=int),
+      "selection": "cv",
+      "threshold": "mean",
+      "ratio": 0.25,
+      "reselect": "epoch",
+      "seed": 0,
+  })
+
+  # Loop.
+  c.num_epochs = 10
+  c.batch_size = 128  # global, across devices and processes
+  c.eval_batch_size = 256
+  c.seed = 0
+  c.num_devices = ml_collections.FieldReference(None, field_type=int)
+  c.checkpoint_every_steps = 0  # 0: at the end only
+  c.checkpoint_at_end = True
+  c.keep_checkpoints = 3
+  c.restore_step = ml_collections.FieldReference(None, field_type=int)
+  c.tensorboard = True
+  c.progress = True
+  c.log_to_stdout = True
+
+  # Multi-host: set coordinator_address to call jax.distributed.initialize.
+  c.distributed = ml_collections.ConfigDict({
+      "coordinator_address": ml_collections.FieldReference(None,
+                                                           field_type=str),
+      "num_processes": ml_collections.FieldReference(None, field_type=int),
+      "process_id": ml_collections.FieldReference(None, field_type=int),
+      "local_device_ids": ml_collections.FieldReference(None,
+                                                        field_type=list),
+  })
+  return c

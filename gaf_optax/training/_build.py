@@ -1,0 +1,227 @@
+"""Models, activations and optimizers by name, from a config.
+
+One explicit dict per kind (no registration by import side effect). The
+config fields are documented in ``experiments/configs/default.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import gaf_optax
+from gaf_optax import models as models_lib
+from gaf_optax import nn as gnn
+
+__all__ = [
+    "ACTIVATIONS",
+    "OPTIMIZERS",
+    "build_model",
+    "build_optimizer",
+    "build_schedule",
+    "get_activation",
+]
+
+ACTIVATIONS: dict[str, Any] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "swish": nn.swish,
+    "gelu": nn.gelu,
+    "gaaf_relu": gnn.gaaf_relu,
+    "gaaf_tanh": gnn.gaaf_tanh,
+    "gaaf_sigmoid": gnn.gaaf_sigmoid,
+    "nswish": gnn.NSwish,
+    "nrelu": gnn.NReLU,
+    "ngelu": gnn.NGELU,
+    "ntanh": gnn.NTanh,
+}
+
+_GAAF = {"gaaf_relu", "gaaf_tanh", "gaaf_sigmoid"}
+
+
+def _unknown(kind: str, name: Any, known) -> ValueError:
+  return ValueError(f"Unknown {kind} {name!r}; known: {', '.join(sorted(known))}.")
+
+
+def get_activation(name: str, amplitude: float | None = None):
+  """An activation (function or module class) by name.
+
+  Args:
+    name: a key of :data:`ACTIVATIONS`.
+    amplitude: GAAF's amplitude for the ``gaaf_*`` names (None: default 1).
+
+  Returns:
+    What the models' ``act=`` accepts.
+  """
+  if name not in ACTIVATIONS:
+    raise _unknown("activation", name, ACTIVATIONS)
+  act = ACTIVATIONS[name]
+  if amplitude is not None:
+    if name not in _GAAF:
+      raise ValueError(
+          f"gaaf_amplitude applies to {sorted(_GAAF)} only; got act={name!r}.")
+    act = functools.partial(act, amplitude=amplitude)
+  return act
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+  """The config's model with its activation and dtype."""
+  kwargs = dict(config.get("model_kwargs", {}) or {})
+  kwargs["num_classes"] = num_classes
+  kwargs["act"] = get_activation(config.act, config.get("gaaf_amplitude"))
+  if config.get("half_precision", False):
+    kwargs["dtype"] = jnp.bfloat16
+  return models_lib.get(config.model, **kwargs)
+
+
+def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Learning-rate schedule: "cosine" (with warm-up), "step" or "constant"."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = int(round(config.get("warmup_epochs", 0) * steps_per_epoch))
+  lr = config.learning_rate
+  if config.schedule == "cosine":
+    if warmup:
+      return optax.warmup_cosine_decay_schedule(
+          0.0, lr, warmup, max(total, warmup + 1), end_value=0.0)
+    return optax.cosine_decay_schedule(lr, max(total, 1))
+  if config.schedule == "step":
+    boundaries = {
+        int(e * steps_per_epoch): config.get("decay_factor", 0.1)
+        for e in config.get("decay_epochs", ())}
+    sched = optax.piecewise_constant_schedule(lr, boundaries)
+    if warmup:
+      sched = optax.join_schedules(
+          [optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
+    return sched
+  if config.schedule == "constant":
+    return optax.constant_schedule(lr)
+  raise _unknown("schedule", config.schedule, ("cosine", "step", "constant"))
+
+
+def _decay_mask(params):
+  """True for kernels (ndim > 1): excludes BN scales/offsets and biases."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _sgd(cfg, lr, wd):
+  return optax.chain(optax.add_decayed_weights(wd, cfg.wd_mask),
+                     optax.sgd(lr, cfg.momentum, nesterov=cfg.nesterov))
+
+
+def _adam(cfg, lr, wd):
+  return optax.chain(optax.add_decayed_weights(wd, cfg.wd_mask),
+                     optax.adam(lr, cfg.b1, cfg.b2, cfg.eps))
+
+
+def _clip_norm(cfg, lr, wd):
+  return optax.chain(optax.clip_by_global_norm(cfg.clip), _sgd(cfg, lr, wd))
+
+
+def _clip_value(cfg, lr, wd):
+  return optax.chain(optax.clip(cfg.clip), _sgd(cfg, lr, wd))
+
+
+def _sgd_gaf(cfg, lr, wd):
+  gaf = dict(cfg.gaf)
+  if cfg.wd_mask is not None and gaf.get("position", "momentum") != "momentum":
+    raise ValueError(
+        "decay_bn_and_bias=False with sgd_gaf needs gaf.position='momentum' "
+        "(there weight decay comes first and can be masked); got "
+        f"{gaf.get('position')!r}.")
+  if cfg.wd_mask is not None:  # SGD_atanMom: decay first, so mask it there
+    return optax.chain(
+        optax.add_decayed_weights(wd, cfg.wd_mask),
+        gaf_optax.sgd_gaf(lr, cfg.momentum, nesterov=cfg.nesterov, **gaf))
+  return gaf_optax.sgd_gaf(lr, cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=wd, **gaf)
+
+
+def _adam_gaf(cfg, lr, wd):
+  if cfg.wd_mask is not None:
+    raise ValueError(
+        "decay_bn_and_bias=False is not supported with adam_gaf (its weight "
+        "decay sits after GAF, inside the preset); use decay_bn_and_bias=True.")
+  gaf = {k: v for k, v in dict(cfg.gaf).items() if k in ("alpha", "beta", "fn")}
+  return gaf_optax.adam_gaf(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, **gaf)
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "clip_norm": _clip_norm,
+    "clip_value": _clip_value,
+    "sgd_gaf": _sgd_gaf,
+    "adam_gaf": _adam_gaf,
+}
+
+
+class _OptConfig:
+  """The optimizer fields of a config, with defaults, in one place."""
+
+  def __init__(self, config, wd_mask):
+    self.momentum = config.get("momentum", 0.9)
+    self.nesterov = config.get("nesterov", False)
+    self.b1 = config.get("b1", 0.9)
+    self.b2 = config.get("b2", 0.999)
+    self.eps = config.get("eps", 1e-8)
+    self.clip = config.get("clip", 1.0)
+    self.gaf = dict(config.get("gaf", {}) or {})
+    self.wd_mask = wd_mask
+
+
+def _layer_labels(params):
+  """Weight-gradient amplification: one layer id per top-level module."""
+  top = sorted(params)
+  return {name: jax.tree.map(lambda _, i=i: i, params[name])
+          for i, name in enumerate(top)}, len(top)
+
+
+def build_optimizer(config, *, steps_per_epoch: int, params,
+                    num_points: int = 0):
+  """The config's optimizer, with amplification chained first if enabled.
+
+  Args:
+    config: the training config.
+    steps_per_epoch: optimizer steps per epoch.
+    params: the model parameters (for masks and layer labels).
+    num_points: the model's amplification points.
+
+  Returns:
+    ``(tx, uses_points)``: the transformation and whether its ``update``
+    takes ``layer_stats`` from the model's amplification points.
+  """
+  if config.optimizer not in OPTIMIZERS:
+    raise _unknown("optimizer", config.optimizer, OPTIMIZERS)
+  wd_mask = None if config.get("decay_bn_and_bias", True) else _decay_mask(
+      params)
+  lr = build_schedule(config, steps_per_epoch)
+  tx = OPTIMIZERS[config.optimizer](
+      _OptConfig(config, wd_mask), lr, config.get("weight_decay", 0.0))
+  amp = config.get("amplification", None)
+  if amp is None or not amp.get("enabled", False):
+    return tx, False
+  kwargs = dict(factor=amp.factor, start_epoch=amp.start_epoch,
+                end_epoch=amp.get("end_epoch"), selection=amp.selection,
+                threshold=amp.threshold, ratio=amp.ratio,
+                reselect=amp.reselect, seed=amp.get("seed", 0))
+  if amp.mode == "points":
+    if num_points < 1:
+      raise ValueError(
+          f"amplification.mode='points' needs a model with amplification "
+          f"points; {config.model!r} has none. Use mode='weights'.")
+    controller = gaf_optax.gradient_amplification(
+        num_points, steps_per_epoch, **kwargs)
+    return optax.chain(controller, tx), True
+  if amp.mode == "weights":
+    labels, num_layers = _layer_labels(params)
+    controller = gaf_optax.gradient_amplification(
+        num_layers, steps_per_epoch, labels=labels, **kwargs)
+    return optax.chain(controller, tx), False
+  raise _unknown("amplification.mode", amp.mode, ("points", "weights"))
