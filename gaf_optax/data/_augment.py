@@ -113,7 +113,7 @@ def _to_pil(image: np.ndarray):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   image = np.asarray(image, np.uint8)
   if image.ndim == 3 and image.shape[2] == 1:
-    return Image.fromarray(image[:, :, 0], mode="L"), True
+    return Image.fromarray(image[:, :, 0]), True  # 2-D uint8: mode "L".
   return Image.fromarray(image), False
 
 

@@ -25,7 +25,7 @@ _CACHE_VERSION = 1
 _SPLITS = ("train", "test")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """A classification dataset: train and test sources and their statistics.
 
@@ -87,7 +87,8 @@ class ArraySource:
     return self.images[indices], self.labels[indices]
 
   def __repr__(self) -> str:
-    return f"ArraySource(images={self.images.shape}, labels={self.labels.shape})"
+    return (f"ArraySource(images={self.images.shape}, "
+            f"labels={self.labels.shape})")
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +220,8 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
   """Decodes one image file (bytes or a path) to uint8 HWC (1 or 3 channels)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(source) as im:
       gray = im.mode in ("1", "L", "I", "I;16", "F", "LA")
       array = np.asarray(im.convert("L" if gray else "RGB"), np.uint8)
   except Exception as e:  # Pillow raises several types for bad files.
@@ -284,12 +286,12 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
     for split, cls, name, data in _listing_tar(path, exts):
       found[split].append((cls, name, data))
   elif os.path.isdir(path):
-    missing = [s for s in _SPLITS if not os.path.isdir(os.path.join(path, s))]
+    missing = " or ".join(
+        s + "/" for s in _SPLITS if not os.path.isdir(os.path.join(path, s)))
     if missing:
       raise ValueError(
-          f"image folder {path!r} has no {' or '.join(m + '/' for m in missing)}"
-          " sub-folder: expected PATH/train/<class>/<image> and "
-          "PATH/test/<class>/<image>")
+          f"image folder {path!r} has no {missing} sub-folder: expected "
+          "PATH/train/<class>/<image> and PATH/test/<class>/<image>")
     for split, cls, filename in _listing_dir(path, exts):
       found[split].append((cls, filename, filename))
   else:
@@ -299,9 +301,9 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
   if empty:
     raise ValueError(
         f"no images found under {' and '.join(s + '/' for s in empty)} in "
-        f"{path!r}: expected {'/'.join(('PATH', empty[0], '<class>', '<image>'))}"
-        " with a Pillow-readable extension "
-        "(.png, .jpg, .jpeg, .bmp, .gif, .webp, ...)")
+        f"{path!r}: expected PATH/{empty[0]}/<class>/<image> with a "
+        "Pillow-readable extension (.png, .jpg, .jpeg, .bmp, .gif, .webp, "
+        "...)")
   classes = sorted({cls for cls, _, _ in found["train"]})
   unknown = sorted({cls for cls, _, _ in found["test"]} - set(classes))
   if unknown:

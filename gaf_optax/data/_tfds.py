@@ -21,6 +21,7 @@ prepared in TFDS's default TFRecord format must be prepared again with
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -120,6 +121,11 @@ class TfdsSource:
     return f"TfdsSource({len(self)} examples)"
 
 
+def _eval_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  del rng  # Deterministic.
+  return _augment.center_crop(image, size=CROP_SIZE, resize=RESIZE_SIZE)
+
+
 def _not_prepared(name: str, data_dir: str | None, builder,
                   cause: BaseException | None, tried_download: bool) -> str:
   del builder
@@ -216,10 +222,9 @@ def load(name: str, *, data_dir: str | None = None, download: bool = False,
   else:
     channels = stored[-1] or 3
     image_shape = (CROP_SIZE, CROP_SIZE, int(channels))
-    train_fn = lambda image, rng: _augment.random_resized_crop(  # noqa: E731
-        image, rng, size=CROP_SIZE)
-    eval_fn = lambda image, rng: _augment.center_crop(  # noqa: E731
-        image, size=CROP_SIZE, resize=RESIZE_SIZE)
+    train_fn = functools.partial(_augment.random_resized_crop,
+                                 size=CROP_SIZE)
+    eval_fn = _eval_crop
   train = TfdsSource(sources[0], transform=train_fn)
   test = TfdsSource(sources[1], transform=eval_fn)
 

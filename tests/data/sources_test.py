@@ -30,12 +30,15 @@ def test_digits_shapes_labels_and_split():
   image, label = ds.test[3]
   assert image.shape == (8, 8, 1) and isinstance(label, int)
   # Train and test are disjoint and together the whole bundled set.
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  raw = np.round(load_digits().images * 255 / 16).astype(np.uint8)
-  rows = lambda a: {r.tobytes() + bytes([l]) for r, l in zip(*a)}  # noqa: E731
-  all_rows = rows((raw, load_digits().target))
-  assert rows((ds.train.images, ds.train.labels)) | rows(
-      (ds.test.images, ds.test.labels)) == all_rows
+  from sklearn.datasets import load_digits
+  bunch = load_digits()
+  raw = np.round(bunch.images * 255 / 16).astype(np.uint8)[..., None]
+
+  def rows(images, labels):
+    return sorted(i.tobytes() + bytes([l]) for i, l in zip(images, labels))
+  assert rows(np.concatenate([ds.train.images, ds.test.images]),
+              np.concatenate([ds.train.labels, ds.test.labels])) == rows(
+                  raw, bunch.target)
   # Statistics are those of the training images.
   np.testing.assert_allclose(ds.mean, [ds.train.images.mean() / 255],
                              rtol=1e-5)
@@ -50,17 +53,17 @@ def test_digits_split_is_fixed():
   np.testing.assert_array_equal(a.train.images, b.train.images)
   np.testing.assert_array_equal(a.test.labels, b.test.labels)
   order = np.random.default_rng(0).permutation(1797)
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits
   np.testing.assert_array_equal(a.test.labels,
                                 load_digits().target[order[-449:]])
 
 
 # ---------------------------------------------------------------- folders
 
-def _png(rng, size, mode="RGB"):
+def _png(rng, size, grey=False):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  shape = (size, size, 3) if mode == "RGB" else (size, size)
-  return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+  shape = (size, size) if grey else (size, size, 3)
+  return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
 
 
 def _make_folder(root, classes=("zebra", "ant", "cat"), per_class=2):
@@ -139,7 +142,7 @@ def test_folder_grey_images_have_one_channel(tmp_path):
   for split in ("train", "test"):
     for cls in ("x", "y"):
       os.makedirs(tmp_path / split / cls)
-      _png(rng, 5, "L").save(tmp_path / split / cls / "0.jpg", quality=95)
+      _png(rng, 5, grey=True).save(tmp_path / split / cls / "0.jpg", quality=95)
   ds = data.folder(str(tmp_path), cache_dir=str(tmp_path / ".cache"))
   assert ds.image_shape == (5, 5, 1) and ds.mean.shape == (1,)
 
