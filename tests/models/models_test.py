@@ -323,7 +323,13 @@ def test_bfloat16_compute_with_float32_params():
 
 def test_bench_models_script_runs(capsys):
   from experiments import bench_models  # pylint: disable=g-import-not-at-top
-  result = bench_models.main(["--model", "lenet", "--batch", "4", "--steps",
-                              "2", "--cpu-no-ynn"])
-  assert result["images_per_s"] > 0 and np.isfinite(result["loss"])
+  variants = ["default"] + (["cpu-no-ynn"] if bench_models.ynn_supported()
+                            else [])  # older jaxlib: no YNNPACK fusions
+  results = bench_models.main(["--model", "lenet", "--batch", "4", "--steps",
+                               "2", "--variants", ",".join(variants)])
+  assert [r["variant"] for r in results] == variants
+  if len(results) == 2:
+    assert results[1]["compiler_options"] == bench_models.CPU_NO_YNN
+  for r in results:
+    assert r["images_per_s"] > 0 and np.isfinite(r["loss"])
   assert "images/s" in capsys.readouterr().out
