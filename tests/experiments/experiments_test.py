@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import gaf_optax
-from experiments import bench_optimizer, param_trees, quickstart
+from experiments import bench_methods, bench_optimizer, param_trees, quickstart
 
 
 def test_param_tree_counts_match_pytorch_references():
@@ -61,3 +61,17 @@ def test_main_entry_point_trains_and_writes_metrics(tmp_path):
   assert "last test accuracy" in proc.stdout
   assert os.listdir(work / "tensorboard")
   assert os.listdir(work / "checkpoints") == ["42"]
+
+
+def test_bench_methods_times_every_method_and_mesh(capsys):
+  med = bench_methods.main(["--model", "lenet", "--batch", "8", "--rounds",
+                            "1", "--methods", "sgd,amplification,anact"])
+  assert set(med) == {"sgd", "amplification", "anact"}
+  assert all(np.isfinite(v) and v > 0 for v in med.values())
+  med = bench_methods.main(["--model", "lenet", "--batch", "8", "--rounds",
+                            "1", "--scaling"])
+  assert set(med) == {"1 devices", "2 devices", "4 devices", "8 devices"}
+  out = capsys.readouterr().out
+  assert "| amplification |" in out and "| 8 |" in out
+  with pytest.raises(SystemExit):
+    bench_methods.main(["--methods", "lion"])
