@@ -207,7 +207,9 @@ class Trainer:
     new_state = TrainState(step=state.step + 1, params=params,
                            model_state=model_state, opt_state=opt_state,
                            sums=sums)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                             for g in jax.tree.leaves(grads)))
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
 
   def _eval_step_fn(self, state: TrainState, batch):
     images = data_lib.preprocess(batch["image"], None, mean=self.mean,

@@ -187,3 +187,49 @@ def test_two_processes_match_one_process(tmp_path):
   assert results[0] == results[1]  # both see the same global values
   one, _ = _losses(_config(), training.make_mesh(4))
   np.testing.assert_allclose(results[0]["losses"], one, rtol=2e-5)
+
+
+def test_half_precision_computes_in_bf16_and_keeps_f32_params():
+  trainer = training.Trainer(_config(half_precision=True))
+  batch = next(iter(trainer.train_batches(0)))
+  loss = float(trainer.train_step(batch)["loss"])
+  assert np.isfinite(loss) and 1.5 < loss < 3.5
+  assert {x.dtype for x in jax.tree.leaves(trainer.state.params)} == {
+      np.dtype("float32")}
+  hlo = trainer._train_step.lower(trainer.state, trainer._global(batch))
+  assert "bf16" in hlo.as_text()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sgd_gaf", "clip_norm"])
+def test_weight_decay_can_exclude_biases_and_norm_parameters(optimizer):
+  params = {"dense": {"kernel": np.ones((3, 2), np.float32),
+                      "bias": np.ones(2, np.float32)},
+            "bn": {"scale": np.ones(2, np.float32)}}
+  zeros = jax.tree.map(np.zeros_like, params)
+  for exclude in (False, True):
+    config = _config(optimizer=optimizer, weight_decay=0.1,
+                     decay_bn_and_bias=not exclude)
+    tx, _ = training.build_optimizer(config, steps_per_epoch=10,
+                                     params=params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert np.all(np.asarray(updates["dense"]["kernel"]) < 0)
+    for leaf in (updates["dense"]["bias"], updates["bn"]["scale"]):
+      assert np.all(np.asarray(leaf) == 0) == exclude, (optimizer, exclude)
+
+
+def test_schedules():
+  c = _config(schedule="cosine", warmup_epochs=1, num_epochs=4,
+              learning_rate=0.4)
+  sched = training.build_schedule(c, steps_per_epoch=10)
+  np.testing.assert_allclose(
+      [sched(0), sched(5), sched(10), sched(25), sched(40)],
+      [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6)
+  c = _config(schedule="step", decay_epochs=(2, 3), decay_factor=0.1,
+              learning_rate=1.0, num_epochs=4)
+  sched = training.build_schedule(c, steps_per_epoch=10)
+  np.testing.assert_allclose([sched(19), sched(20), sched(30)],
+                             [1.0, 0.1, 0.01], rtol=1e-6)
+  with pytest.raises(ValueError, match="adam_gaf"):
+    training.build_optimizer(_config(optimizer="adam_gaf",
+                                     decay_bn_and_bias=False),
+                             steps_per_epoch=1, params={"w": np.ones((2, 2))})
