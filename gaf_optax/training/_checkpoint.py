@@ -64,7 +64,8 @@ class Checkpointer:
       raise ValueError(
           f"Checkpoint step {step} in {self.directory} could not be restored "
           f"({type(e).__name__}: {str(e)[:300]}). It may be damaged or "
-          f"incomplete. Earlier checkpoints are kept: {earlier}. Move "
+          "incomplete, or written by a run with another model or optimizer "
+          f"config. Earlier checkpoints are kept: {earlier}. Move "
           f"{os.path.join(self.directory, str(step))} aside to resume from "
           "the previous one, or set config.restore_step.") from e
     return step, tree
