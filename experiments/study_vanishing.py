@@ -1,0 +1,384 @@
+"""Study: vanishing gradients, SGD vs GAF vs GAAF vs ANAct vs amplification.
+
+    python -m experiments.study_vanishing [--smoke] [--seeds N] [--out DIR]
+
+Networks where plain SGD stalls because gradients vanish: the sigmoid LeNet
+(the GAF code's vanishing-gradient model, ``gaf_optax.models.SigmoidLeNet``)
+and deep plain MLPs (``gaf_optax.models.MLP``) with saturating activations.
+Data: scikit-learn's 8x8 digits (no download; the split and standardization
+of :mod:`experiments.activations_digits`); LeNet needs 32x32 input, so the
+standardized images are upsampled bilinearly to 32x32 (CIFAR-10 would not fit
+this study's CPU time budget with several seeds and six arms).
+
+Arms, all with SGD momentum 0.9, the same batches (seeded), the same
+initialization per seed and the same learning rate ``lr`` per setting:
+
+- ``sgd``: plain SGD at ``lr``;
+- ``sgd_matched``: SGD at ``lr * alpha * beta`` (GAF's slope at 0);
+- ``sgd_gaf``: ``gaf_optax.sgd_gaf`` (SGD_atanMom, alpha 0.3, beta 4.5);
+- ``gaaf``: the GAAF activation (``gaaf_sigmoid`` / ``gaaf_tanh``,
+  amplitude 1), SGD at ``lr``;
+- ``anact``: ``gaf_optax.nn.ANAct`` around the activation, SGD at ``lr``;
+- ``amplification``: ``gaf_optax.gradient_amplification`` (factor 2,
+  coefficient-of-variation selection, median threshold, from epoch 1) on the
+  model's amplification points, SGD at ``lr``.
+
+Recorded per epoch: mean training loss, test accuracy, and per layer the
+norm of the kernel gradient the optimizer receives (averaged over the
+epoch's steps; for ``amplification`` it includes the amplification) and the
+backpropagated signal norm at each amplification point (``jax.grad`` with
+respect to the model's ``amp_factors``, then ``gaf_optax.nn.signal_norms``).
+Writes ``results.md`` (tables, mean +- std over seeds, the command),
+``results.json`` and one ``grad_norms_<setting>.png`` per setting (one panel
+per arm, one line per layer, mean over seeds) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gaf_optax
+from experiments.activations_digits import _xent
+from experiments.activations_digits import digits
+from gaf_optax import models
+from gaf_optax import nn as gnn
+
+DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
+                           "study_vanishing")
+ALPHA, BETA = 0.3, 4.5  # sgd_gaf's defaults (SGD_atanMom)
+MOMENTUM = 0.9
+
+ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": jnp.tanh}
+GAAF = {"sigmoid": gnn.gaaf_sigmoid, "tanh": gnn.gaaf_tanh}
+ARMS = ("sgd", "sgd_matched", "sgd_gaf", "gaaf", "anact", "amplification")
+DESCRIPTIONS = {
+    "sgd": "SGD(lr)",
+    "sgd_matched": f"SGD(lr*{ALPHA * BETA:g}) (matched)",
+    "sgd_gaf": f"sgd_gaf(lr, alpha {ALPHA:g}, beta {BETA:g})",
+    "gaaf": "GAAF activation, SGD(lr)",
+    "anact": "ANAct activation, SGD(lr)",
+    "amplification": "amplification x2 (cv, median), SGD(lr)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """A network, its learning rate and training length."""
+
+  name: str
+  model: str  # "lenet" or "mlp"
+  activation: str  # "sigmoid" or "tanh"
+  lr: float
+  epochs: int
+  depth: int = 0  # MLP hidden layers
+  width: int = 64  # MLP width
+  init_scale: float = 1.0  # kernel variance multiplier over the default
+  batch_size: int = 64
+
+  def describe(self) -> str:
+    if self.model == "lenet":
+      net = (f"{self.activation} LeNet-5 (conv 6, conv 16, fc 120, fc 84; "
+             "default init: He-normal fan-out convs, LeCun Dense)")
+    else:
+      net = (f"{self.activation} MLP, {self.depth} hidden x {self.width}, "
+             f"LeCun-normal init x{self.init_scale:g} variance")
+    return (f"{net}; SGD momentum {MOMENTUM}, lr {self.lr:g}, batch "
+            f"{self.batch_size}, {self.epochs} epochs")
+
+
+# lr: the GAF code's 0.1 for the sigmoid LeNet, 0.1 for the sigmoid MLP and
+# 0.01 for the tanh MLPs, fixed before the other arms were run; every arm of
+# a setting uses it (and sgd_matched its alpha*beta multiple).
+SETTINGS = (
+    Setting("sigmoid_lenet", "lenet", "sigmoid", lr=0.1, epochs=16),
+    Setting("tanh_mlp_small_init", "mlp", "tanh", lr=0.01, epochs=30,
+            depth=20, init_scale=0.5),
+    Setting("tanh_mlp", "mlp", "tanh", lr=0.01, epochs=30, depth=20,
+            init_scale=0.8),
+    Setting("sigmoid_mlp", "mlp", "sigmoid", lr=0.1, epochs=30, depth=8),
+)
+# The smoke version has no LeNet: its convolutions compile and run too
+# slowly on a CPU for a test of a few seconds.
+SMOKE = (
+    Setting("tanh_mlp", "mlp", "tanh", lr=0.01, epochs=2, depth=4,
+            width=16, init_scale=0.8, batch_size=256),
+)
+
+
+def build_model(setting: Setting, arm: str) -> nn.Module:
+  """The setting's network with the arm's activation."""
+  base = ACTIVATIONS[setting.activation]
+  if arm == "gaaf":
+    act = GAAF[setting.activation]
+  elif arm == "anact":
+    act = functools.partial(gnn.ANAct, activation=base)
+  else:
+    act = base
+  if setting.model == "lenet":
+    return models.LeNet(act=act)
+  return models.MLP(features=(setting.width,) * setting.depth, act=act)
+
+
+def build_optimizer(setting: Setting, arm: str, num_points: int,
+                    steps_per_epoch: int):
+  lr = setting.lr
+  if arm == "sgd_matched":
+    return optax.sgd(lr * ALPHA * BETA, momentum=MOMENTUM)
+  if arm == "sgd_gaf":
+    return gaf_optax.sgd_gaf(lr, momentum=MOMENTUM, alpha=ALPHA, beta=BETA)
+  sgd = optax.sgd(lr, momentum=MOMENTUM)
+  if arm == "amplification":
+    return optax.chain(
+        gaf_optax.gradient_amplification(
+            num_points, steps_per_epoch, factor=2.0, selection="cv",
+            threshold="median", start_epoch=1), sgd)
+  return sgd
+
+
+@functools.cache
+def dataset(model: str):
+  """Digits as the model wants them: flat (MLP) or 32x32x1 (LeNet)."""
+  xtr, ytr, xte, yte = digits()
+  if model == "lenet":
+    def up(x):
+      x = jnp.asarray(x).reshape(-1, 8, 8, 1)
+      return np.asarray(jax.image.resize(x, (len(x), 32, 32, 1), "bilinear"))
+    xtr, xte = up(xtr), up(xte)
+  return xtr, ytr, xte, yte
+
+
+def layer_names(params) -> list[str]:
+  """Parameter groups with a kernel, in forward order (conv, fc, head)."""
+  def key(name):
+    order = {"conv": 0, "fc": 1, "head": 2}
+    prefix = re.match(r"[a-z]+", name).group(0)
+    number = re.search(r"\d+", name)
+    return order.get(prefix, 3), int(number.group(0)) if number else 0
+  return sorted((n for n in params if "kernel" in params[n]), key=key)
+
+
+def _train_impl(setting, arm, seeds, xtr, ytr, xte, yte):
+  model = build_model(setting, arm)
+  num_points = model.num_amplification_points
+  steps = len(xtr) // setting.batch_size
+  tx = build_optimizer(setting, arm, num_points, steps)
+
+  def run(seed):
+    key = jax.random.key(seed)
+    variables = model.init(key, xtr[:2], train=True)
+    params = variables["params"]
+    stats = variables.get("batch_stats", {})
+    if setting.init_scale != 1.0:
+      params = {n: {**p, "kernel": p["kernel"] * jnp.sqrt(setting.init_scale)}
+                for n, p in params.items()}
+    names = layer_names(params)
+
+    def loss_fn(params, factors, stats, x, y):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": stats}, x, train=True,
+          amp_factors=factors, mutable=["batch_stats"])
+      return _xent(logits, y), updates.get("batch_stats", {})
+
+    def step(carry, idx):
+      params, stats, opt_state = carry
+      if arm == "amplification":
+        factors = gaf_optax.amplification_factors(opt_state)
+      else:
+        factors = jnp.ones((num_points,), jnp.float32)  # identity points
+      (loss, stats), (grads, fgrads) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(
+              params, factors, stats, xtr[idx], ytr[idx])
+      signals = gnn.signal_norms(fgrads)
+      extra = {"layer_stats": signals} if arm == "amplification" else {}
+      updates, opt_state = tx.update(grads, opt_state, params, **extra)
+      params = optax.apply_updates(params, updates)
+      gnorms = jnp.stack([jnp.linalg.norm(grads[n]["kernel"]) for n in names])
+      return (params, stats, opt_state), (loss, gnorms, signals, factors)
+
+    def epoch(carry, e):
+      order = jax.random.permutation(jax.random.fold_in(key, e), len(xtr))
+      idx = order[:steps * setting.batch_size].reshape(steps, -1)
+      carry, (loss, gnorms, signals, factors) = jax.lax.scan(step, carry, idx)
+      params, stats, _ = carry
+      logits = model.apply({"params": params, "batch_stats": stats}, xte,
+                           train=False)
+      acc = jnp.mean(jnp.argmax(logits, -1) == yte)
+      return carry, {"train_loss": loss.mean(), "test_acc": acc,
+                     "grad_norms": gnorms.mean(0),
+                     "signal_norms": signals.mean(0),
+                     "factors": factors.mean(0)}
+
+    carry = (params, stats, tx.init(params))
+    _, history = jax.lax.scan(epoch, carry, jnp.arange(setting.epochs))
+    return history
+
+  return jax.vmap(run)(seeds)
+
+
+_train = jax.jit(_train_impl, static_argnames=("setting", "arm"))
+_train_fast_compile = jax.jit(
+    _train_impl, static_argnames=("setting", "arm"),
+    compiler_options={"xla_backend_optimization_level": 0})
+
+
+def train(setting: Setting, arm: str, seeds, fast_compile: bool = False):
+  """Per-epoch history, arrays ``[seeds, epochs, ...]``, and layer names."""
+  data = tuple(map(jnp.asarray, dataset(setting.model)))
+  fn = _train_fast_compile if fast_compile else _train
+  history = fn(setting, arm, jnp.asarray(seeds), *data)
+  model = build_model(setting, arm)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), data[0][:2],
+                                             train=True))
+  return jax.tree.map(np.asarray, history), layer_names(shapes["params"])
+
+
+def _fmt(values: np.ndarray, digits_: int) -> str:
+  if not np.all(np.isfinite(values)):
+    return f"diverged ({int(np.sum(~np.isfinite(values)))}/{values.size})"
+  return f"{values.mean():.{digits_}f} +- {values.std():.{digits_}f}"
+
+
+def epochs_to(acc: np.ndarray, level: float) -> str:
+  """Mean +- std of the first epoch (1-based) with test acc >= level."""
+  hit = acc >= level
+  first = np.where(hit.any(-1), hit.argmax(-1) + 1, -1)
+  ok = first > 0
+  if not ok.any():
+    return f"never ({acc.shape[-1]})"
+  text = f"{first[ok].mean():.1f} +- {first[ok].std():.1f}"
+  if not ok.all():
+    text += f" ({(~ok).sum()}/{ok.size} never)"
+  return text
+
+
+def plot(setting: Setting, results: dict, path: str) -> None:
+  """One panel per arm: per-layer kernel gradient norm over epochs."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  arms = list(results)
+  cols = 3
+  rows = -(-len(arms) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows),
+                           sharey=True, squeeze=False)
+  for ax, arm in zip(axes.flat, arms):
+    history, names = results[arm]
+    norms = history["grad_norms"]  # [seeds, epochs, layers]
+    epochs = np.arange(1, norms.shape[1] + 1)
+    cmap = plt.get_cmap("viridis")
+    for l, name in enumerate(names):
+      mean = np.exp(np.mean(np.log(np.maximum(norms[..., l], 1e-30)), 0))
+      ax.plot(epochs, mean, color=cmap(l / max(len(names) - 1, 1)),
+              label=name if (len(names) <= 8 or l in (0, len(names) - 1)
+                             or l % 5 == 0) else None)
+    acc = history["test_acc"].mean(0)[-1]
+    ax.set(yscale="log", xlabel="epoch", title=(
+        f"{DESCRIPTIONS[arm]}\nfinal test acc {100 * acc:.1f}%"))
+    ax.title.set_fontsize(9)
+  for ax in axes.flat[len(arms):]:
+    ax.axis("off")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("|dL/dW| per layer (geo. mean over seeds)")
+  axes.flat[0].legend(fontsize=7, ncol=2)
+  fig.suptitle(setting.describe(), fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report_setting(setting: Setting, results: dict, seconds: float) -> list[str]:
+  """Markdown section for one setting."""
+  lines = [f"## {setting.name}", "", setting.describe() + ".", "",
+           f"Wall time {seconds:.0f} s. Chance is about 10%. Gradient "
+           "norms: first / last layer kernel, mean over epoch 1 and over the "
+           "last epoch (geometric mean over seeds; 1.00e-30 is the floor, "
+           "i.e. zero).", "",
+           "| arm | final train loss | final test acc % | best test acc % | "
+           "epochs to 50% test acc | first-layer grad, ep 1 -> last | "
+           "last-layer grad, ep 1 -> last |",
+           "|---|---|---|---|---|---|---|"]
+  for arm, (history, _) in results.items():
+    acc = history["test_acc"]
+    g = history["grad_norms"]
+    geo = lambda v: float(np.exp(np.mean(np.log(np.maximum(v, 1e-30)))))
+    lines.append(
+        f"| {DESCRIPTIONS[arm]} | {_fmt(history['train_loss'][:, -1], 3)} | "
+        f"{_fmt(100 * acc[:, -1], 1)} | {_fmt(100 * acc.max(1), 1)} | "
+        f"{epochs_to(acc, 0.5)} | {geo(g[:, 0, 0]):.2e} -> "
+        f"{geo(g[:, -1, 0]):.2e} | {geo(g[:, 0, -1]):.2e} -> "
+        f"{geo(g[:, -1, -1]):.2e} |")
+  lines += ["", f"![grad norms](grad_norms_{setting.name}.png)", ""]
+  return lines
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--smoke", action="store_true",
+                      help="a tiny version in seconds (for tests)")
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--out", default=DEFAULT_OUT)
+  parser.add_argument("--settings", default="",
+                      help="comma-separated setting names (default: all)")
+  args = parser.parse_args(argv)
+  settings = SMOKE if args.smoke else SETTINGS
+  if args.settings:
+    wanted = args.settings.split(",")
+    settings = tuple(s for s in settings if s.name in wanted)
+  seeds = tuple(range(args.seeds))
+  command = "python -m experiments.study_vanishing " + " ".join(
+      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  os.makedirs(args.out, exist_ok=True)
+  xtr, _, xte, _ = digits()
+  t0 = time.time()
+  lines = ["# Vanishing gradients: SGD vs GAF vs GAAF vs ANAct vs "
+           "amplification", "",
+           f"Command: `{command.strip()}`  ",
+           f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` initializes "
+           "the network and orders the batches; every arm sees the same)  ",
+           "Data: scikit-learn digits, "
+           f"{len(xtr)} train / {len(xte)} test (train_test_split "
+           "random_state=0), standardized; LeNet input upsampled bilinearly "
+           "to 32x32. Mean +- std over seeds.", ""]
+  everything = {}
+  for setting in settings:
+    t1 = time.time()
+    results = {}
+    for arm in ARMS:
+      results[arm] = train(setting, arm, seeds, fast_compile=args.smoke)
+      acc = results[arm][0]["test_acc"][:, -1]
+      print(f"{setting.name} {arm}: test acc {acc} ({time.time() - t1:.0f} s)",
+            flush=True)
+    plot(setting, results, os.path.join(args.out,
+                                         f"grad_norms_{setting.name}.png"))
+    lines += report_setting(setting, results, time.time() - t1)
+    everything[setting.name] = results
+  lines.insert(4, f"Total wall time: {time.time() - t0:.0f} s (CPU)  ")
+  text = "\n".join(lines)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump({s: {arm: {"layers": names, **{k: v.tolist()
+                                               for k, v in h.items()}}
+                   for arm, (h, names) in r.items()}
+               for s, r in everything.items()}, f)
+  print(text)
+  return everything
+
+
+if __name__ == "__main__":
+  main()
