@@ -6,14 +6,14 @@ functions, arXiv:2107.04228) and the gradient-amplification controller
 amplification points) live in :mod:`gaf_optax.nn`.
 """
 
-from gaf_optax.transforms import AmplificationState
-from gaf_optax.transforms import amplification_factors
-from gaf_optax.transforms import gradient_amplification
-from gaf_optax.transforms import GafState
 from gaf_optax.transforms import adam_gaf
 from gaf_optax.transforms import adaptive_gaf
+from gaf_optax.transforms import amplification_factors
+from gaf_optax.transforms import AmplificationState
 from gaf_optax.transforms import fast_arctan
 from gaf_optax.transforms import gaf
+from gaf_optax.transforms import GafState
+from gaf_optax.transforms import gradient_amplification
 from gaf_optax.transforms import rmsprop_gaf
 from gaf_optax.transforms import sgd_gaf
 
