@@ -163,17 +163,19 @@ class Trainer:
                               amp_factors=factors)
     return logits, model_state
 
-  def _train_step_fn(self, state: TrainState, batch):
-    key = jax.random.fold_in(self.rng, state.step)
+  def _images(self, batch, key, *, train: bool):
+    """Normalized (and, when ``train``, augmented) images in compute dtype."""
     images = data_lib.preprocess(
-        batch["image"], key, mean=self.mean, std=self.std, train=True,
+        batch["image"], key, mean=self.mean, std=self.std, train=train,
         crop_padding=self.config.get("crop_padding", 4),
-        flip=self.config.get("flip", True)) if self.config.get(
-            "augment", True) else data_lib.preprocess(
-                batch["image"], key, mean=self.mean, std=self.std,
-                train=False)
+        flip=self.config.get("flip", True))
     if self.config.get("half_precision", False):
       images = images.astype(jnp.bfloat16)
+    return images
+
+  def _train_step_fn(self, state: TrainState, batch):
+    key = jax.random.fold_in(self.rng, state.step)
+    images = self._images(batch, key, train=self.config.get("augment", True))
     labels = batch["label"]
     factors = (gaf_optax.amplification_factors(state.opt_state)
                if self.uses_points else None)
@@ -212,10 +214,7 @@ class Trainer:
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
   def _eval_step_fn(self, state: TrainState, batch):
-    images = data_lib.preprocess(batch["image"], None, mean=self.mean,
-                                 std=self.std, train=False)
-    if self.config.get("half_precision", False):
-      images = images.astype(jnp.bfloat16)
+    images = self._images(batch, None, train=False)
     logits, _ = self._apply(state.params, state.model_state, images, False)
     logits = logits.astype(jnp.float32)
     mask = batch["mask"].astype(jnp.float32)
