@@ -263,7 +263,9 @@ def gradient_amplification(
 
   def init_fn(params):
     del params
-    zeros = jnp.zeros(num_layers, jnp.float32)
+    # A new array per field: a state whose leaves share a buffer cannot be
+    # donated to a jitted step.
+    zeros = lambda: jnp.zeros(num_layers, jnp.float32)
     count = jnp.zeros((), jnp.int32)
     if selection == "random":
       selected = _random_selection(seed, 0, num_layers, num_random())
@@ -275,7 +277,7 @@ def gradient_amplification(
         selected=selected,
         selected_once=jnp.asarray(selection == "random"),
         num=jnp.zeros((), jnp.int32),
-        mean=zeros, m2=zeros, abs_delta=zeros, previous=zeros)
+        mean=zeros(), m2=zeros(), abs_delta=zeros(), previous=zeros())
 
   def layer_norms(updates, label_tree):
     sq = jnp.zeros(num_layers, jnp.float32)

@@ -209,6 +209,19 @@ def test_state_is_a_checkpointable_pytree_of_arrays():
   chex.assert_trees_all_equal(run(restored), run(state))
 
 
+@pytest.mark.parametrize("selection", ["random", "cv"])
+def test_init_state_can_be_donated_to_a_jitted_step(selection):
+  # Leaves sharing one buffer would make XLA refuse the donation.
+  tx = gaf_optax.gradient_amplification(3, 2, selection=selection)
+  state = tx.init(None)
+  buffers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+  assert len(set(buffers)) == len(buffers)
+  step = jax.jit(lambda s, r: tx.update({}, s, layer_stats=r)[1],
+                 donate_argnums=0)
+  state = step(state, jnp.ones(3))
+  assert int(state.count) == 1
+
+
 def test_changing_factors_never_recompiles():
   spe = 2
   tx = gaf_optax.gradient_amplification(3, spe, selection="cv")
