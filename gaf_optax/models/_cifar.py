@@ -388,13 +388,17 @@ SigmoidLeNet = functools.partial(LeNet, act=nn.sigmoid)
 class MLP(nn.Module):
   """A plain deep MLP on flattened inputs, for small studies.
 
-  ``Dense - act`` for each hidden width, then a Dense head.
+  ``Dense - act`` (``- Dropout`` with ``dropout_rate``) for each hidden
+  width, then a Dense head.
 
   Attributes:
     features: hidden widths, one Dense layer each.
     num_classes: outputs of the head.
     act: activation function or stateful activation module class.
     amplify_activations: also amplify after each activation.
+    dropout_rate: dropout after each hidden activation, in training only
+      (inverted dropout: kept units are scaled by ``1 / (1 - rate)``); a rate
+      above 0 needs a ``"dropout"`` PRNG key in ``apply(..., rngs=...)``.
     dtype: computation dtype.
     param_dtype: parameter dtype.
 
@@ -415,6 +419,7 @@ class MLP(nn.Module):
   num_classes: int = 10
   act: Activation = nn.relu
   amplify_activations: bool = False
+  dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -430,10 +435,15 @@ class MLP(nn.Module):
                                self.num_amplification_points)
     act = make_activation(self.act, train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(
+          f"dropout_rate must be in [0, 1); got {self.dropout_rate!r}.")
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.features):
       x = act(amp(dense(width, name=f"fc{i + 1}", **kw)(x)))
       if self.amplify_activations:
         x = amp(x)
+      if self.dropout_rate:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     amp.check_used_all()
     return dense(self.num_classes, name="head", **kw)(x)

@@ -6,6 +6,7 @@ uses tiny widths and depths.
 
 import functools
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -333,3 +334,41 @@ def test_bench_models_script_runs(capsys):
   for r in results:
     assert r["images_per_s"] > 0 and np.isfinite(r["loss"])
   assert "images/s" in capsys.readouterr().out
+
+
+def test_mlp_dropout_masks_and_rescales_hidden_units_in_training_only():
+  rate = 0.5
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  plain = models.MLP(features=(64,), num_classes=2, act=nn.relu)
+  dropped = models.MLP(features=(64,), num_classes=2, act=nn.relu,
+                       dropout_rate=rate)
+  variables = plain.init(jax.random.key(1), x, train=False)
+  # Dropout adds no parameters, and evaluation is deterministic and equal.
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      dropped.init(jax.random.key(1), x, train=False))
+  np.testing.assert_array_equal(
+      dropped.apply(variables, x, train=False),
+      plain.apply(variables, x, train=False))
+  # Training: the head sees h * keep / (1 - rate), keep ~ Bernoulli(1 - rate).
+  key = jax.random.key(2)
+  out = dropped.apply(variables, x, train=True, rngs={"dropout": key})
+  p = variables["params"]
+  h = nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+  # Each hidden unit enters the head as 0 or as h / (1 - rate).
+  _, inter = dropped.apply(variables, x, train=True, rngs={"dropout": key},
+                           capture_intermediates=True,
+                           mutable=["intermediates"])
+  seen = inter["intermediates"]["Dropout_0"]["__call__"][0]
+  scaled = h / (1 - rate)
+  is_zero = np.isclose(seen, 0.0)
+  np.testing.assert_allclose(np.where(is_zero, scaled, seen), scaled,
+                             rtol=1e-6)
+  assert 0.3 < is_zero[h > 0].mean() < 0.7
+  np.testing.assert_allclose(
+      out, seen @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5,
+      atol=1e-6)
+  with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+    dropped.apply(variables, x, train=True)
+  with pytest.raises(ValueError, match="dropout_rate must be in"):
+    models.MLP(features=(4,), dropout_rate=1.0).init(
+        jax.random.key(0), x, train=False)
