@@ -12,6 +12,7 @@ from gaf_optax.training._build import build_model
 from gaf_optax.training._build import build_optimizer
 from gaf_optax.training._build import build_schedule
 from gaf_optax.training._build import get_activation
+from gaf_optax.training._build import layer_labels
 from gaf_optax.training._checkpoint import Checkpointer
 from gaf_optax.training._metrics import MetricWriter
 from gaf_optax.training._metrics import read_records
@@ -33,6 +34,7 @@ __all__ = [
     "build_schedule",
     "get_activation",
     "initialize_distributed",
+    "layer_labels",
     "make_mesh",
     "read_records",
     "train_and_evaluate",

@@ -26,6 +26,7 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "get_activation",
+    "layer_labels",
 ]
 
 ACTIVATIONS: dict[str, Any] = {
@@ -176,8 +177,24 @@ class _OptConfig:
     self.wd_mask = wd_mask
 
 
-def _layer_labels(params):
-  """Weight-gradient amplification: one layer id per top-level module."""
+def layer_labels(params) -> tuple[dict, int]:
+  """Layer ids for weight-gradient amplification: one per top-level module.
+
+  Args:
+    params: a model's parameters (a dict of top-level modules).
+
+  Returns:
+    ``(labels, num_layers)``: a pytree like ``params`` whose leaves are the
+    module's index in sorted name order, as the ``labels`` argument of
+    :func:`gaf_optax.gradient_amplification` takes, and the module count.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gaf_optax.training import layer_labels
+    >>> layer_labels({"fc2": {"kernel": jnp.ones(2)},
+    ...               "fc1": {"kernel": jnp.ones(2), "bias": jnp.ones(1)}})
+    ({'fc1': {'bias': 0, 'kernel': 0}, 'fc2': {'kernel': 1}}, 2)
+  """
   top = sorted(params)
   return {name: jax.tree.map(lambda _, i=i: i, params[name])
           for i, name in enumerate(top)}, len(top)
@@ -220,7 +237,7 @@ def build_optimizer(config, *, steps_per_epoch: int, params,
         num_points, steps_per_epoch, **kwargs)
     return optax.chain(controller, tx), True
   if amp.mode == "weights":
-    labels, num_layers = _layer_labels(params)
+    labels, num_layers = layer_labels(params)
     controller = gaf_optax.gradient_amplification(
         num_layers, steps_per_epoch, labels=labels, **kwargs)
     return optax.chain(controller, tx), False
