@@ -33,12 +33,9 @@ seeds, the command) and ``theory.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
-import shlex
-import sys
 import time
 
 import jax
@@ -47,6 +44,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import _study
 
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
                            "study_theory")
@@ -415,23 +413,18 @@ def report(cfg: Config, seeds, quad, saddle, command: str,
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--smoke", action="store_true",
-                      help="a tiny version in seconds (for tests)")
-  parser.add_argument("--seeds", type=int, default=10)
-  parser.add_argument("--out", default=DEFAULT_OUT)
+  parser = _study.parser(__doc__, DEFAULT_OUT, seeds=10)
   args = parser.parse_args(argv)
   cfg = SMOKE if args.smoke else Config()
   seeds = tuple(range(3 if args.smoke else args.seeds))
-  command = "python -m experiments.study_theory " + " ".join(
-      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  command = _study.command("experiments.study_theory", argv)
   t0 = time.time()
   quad = run_quadratic(cfg, seeds)
   saddle = run_saddle(cfg, seeds)
   os.makedirs(args.out, exist_ok=True)
   plot(cfg, quad, seeds, os.path.join(args.out, "theory.png"))
   seconds = time.time() - t0
-  text = report(cfg, seeds, quad, saddle, command.strip(), seconds)
+  text = report(cfg, seeds, quad, saddle, command, seconds)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text)
   print(text)

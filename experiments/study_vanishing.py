@@ -35,14 +35,11 @@ per arm, one line per layer, mean over seeds) to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import os
 import re
-import shlex
-import sys
 import time
 
 import flax.linen as nn
@@ -52,6 +49,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import _study
 from experiments.activations_digits import _xent
 from experiments.activations_digits import digits
 from gaf_optax import models
@@ -246,12 +244,6 @@ def train(setting: Setting, arm: str, seeds, fast_compile: bool = False):
   return jax.tree.map(np.asarray, history), layer_names(shapes["params"])
 
 
-def _fmt(values: np.ndarray, digits_: int) -> str:
-  if not np.all(np.isfinite(values)):
-    return f"diverged ({int(np.sum(~np.isfinite(values)))}/{values.size})"
-  return f"{values.mean():.{digits_}f} +- {values.std():.{digits_}f}"
-
-
 def epochs_to(acc: np.ndarray, level: float) -> str:
   """Mean +- std of the first epoch (1-based) with test acc >= level."""
   hit = acc >= level
@@ -317,8 +309,8 @@ def report_setting(setting: Setting, results: dict, seconds: float) -> list[str]
     g = history["grad_norms"]
     geo = lambda v: float(np.exp(np.mean(np.log(np.maximum(v, 1e-30)))))
     lines.append(
-        f"| {DESCRIPTIONS[arm]} | {_fmt(history['train_loss'][:, -1], 3)} | "
-        f"{_fmt(100 * acc[:, -1], 1)} | {_fmt(100 * acc.max(1), 1)} | "
+        f"| {DESCRIPTIONS[arm]} | {_study.mean_std(history['train_loss'][:, -1], 3)} | "
+        f"{_study.mean_std(100 * acc[:, -1], 1)} | {_study.mean_std(100 * acc.max(1), 1)} | "
         f"{epochs_to(acc, 0.5)} | {geo(g[:, 0, 0]):.2e} -> "
         f"{geo(g[:, -1, 0]):.2e} | {geo(g[:, 0, -1]):.2e} -> "
         f"{geo(g[:, -1, -1]):.2e} |")
@@ -327,11 +319,7 @@ def report_setting(setting: Setting, results: dict, seconds: float) -> list[str]
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--smoke", action="store_true",
-                      help="a tiny version in seconds (for tests)")
-  parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--out", default=DEFAULT_OUT)
+  parser = _study.parser(__doc__, DEFAULT_OUT)
   parser.add_argument("--settings", default="",
                       help="comma-separated setting names (default: all)")
   args = parser.parse_args(argv)
@@ -340,14 +328,13 @@ def main(argv=None) -> dict:
     wanted = args.settings.split(",")
     settings = tuple(s for s in settings if s.name in wanted)
   seeds = tuple(range(args.seeds))
-  command = "python -m experiments.study_vanishing " + " ".join(
-      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  command = _study.command("experiments.study_vanishing", argv)
   os.makedirs(args.out, exist_ok=True)
   xtr, _, xte, _ = digits()
   t0 = time.time()
   lines = ["# Vanishing gradients: SGD vs GAF vs GAAF vs ANAct vs "
            "amplification", "",
-           f"Command: `{command.strip()}`  ",
+           f"Command: `{command}`  ",
            f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` initializes "
            "the network and orders the batches; every arm sees the same)  ",
            "Data: scikit-learn digits, "
