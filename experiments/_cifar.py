@@ -6,7 +6,8 @@ BatchNorm, an optional amplification controller driven by the model's
 amplification points, and per-epoch evaluation. The loop is a Python loop
 over the jitted step, not ``lax.scan``: XLA:CPU ran a ResNet step about 30x
 slower inside a loop body than as its own computation (measured here with
-jax 0.10.2).
+jax 0.10.2; convolutions in loop bodies are a known slow path of XLA:CPU,
+https://github.com/jax-ml/jax/issues/12868).
 """
 
 from __future__ import annotations

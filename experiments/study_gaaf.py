@@ -98,18 +98,21 @@ def run_setting(setting: Setting, seeds, fast_compile=False) -> dict:
 def plot(setting: Setting, histories: dict, lr: float, path: str) -> None:
   plt = _study.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  for arm, h in histories.items():
+  for (arm, h), color in zip(histories.items(), ("C0", "C1", "C2")):
     acc = 100 * h["test_acc"]
     epochs = np.arange(1, acc.shape[1] + 1)
-    axes[0].plot(epochs, acc.mean(0), label=ARMS[arm])
+    axes[0].plot(epochs, acc.mean(0), color=color, label=ARMS[arm])
     axes[0].fill_between(epochs, acc.mean(0) - acc.std(0),
-                         acc.mean(0) + acc.std(0), alpha=0.2)
+                         acc.mean(0) + acc.std(0), color=color, alpha=0.2)
     layers = np.arange(1, h["grad_abs"].shape[-1] + 1)
     for e, style in ((0, ":"), (-1, "-")):
       axes[1].plot(layers, h["grad_abs"][:, e].mean(0), style + "o",
+                   color=color,
                    label=f"{arm}, epoch {'1' if e == 0 else 'last'}")
     axes[2].plot(layers, 100 * h["saturated"][:, -1].mean(0), "-o",
-                 label=arm)
+                 color=color, label=arm)
+  for ax in axes[1:]:
+    ax.set_xticks(layers)
   axes[0].set(xlabel="epoch", ylabel="test accuracy % (mean +- std)",
               title="test accuracy")
   axes[1].set(xlabel="hidden layer", ylabel="mean |dL/dW|", yscale="log",
