@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import textwrap
 import time
 
 import jax
@@ -142,9 +143,13 @@ def plot(cfg, results: dict, lrs, path: str) -> None:
   acc = [_final(sgd[FACTOR * lr]) for lr in matched]
   ax.errorbar(matched, [a.mean() for a in acc], yerr=[a.std() for a in acc],
               fmt="k:s", capsize=3, label=f"SGD at lr x {FACTOR:g}")
+  title = textwrap.fill(f"{cfg.describe()}; amplification x{FACTOR:g} in "
+                        f"epochs [{START}, {END})", 90)
   ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy %",
-         title=f"{cfg.describe()}\namplification x{FACTOR:g} in epochs "
-         f"[{START}, {END})")
+         title=title)
+  ticks = sorted(results["sgd"])
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  ax.minorticks_off()
   ax.title.set_fontsize(8)
   ax.legend(fontsize=8)
   fig.tight_layout()
