@@ -7,7 +7,7 @@ process reads its own slice of every global batch and the global array is
 assembled with ``jax.make_array_from_process_local_data``.
 
 Exact resumption: the data order depends only on ``(seed, epoch)``, random
-augmentation keys on ``(seed, step)``, and the checkpoint holds the whole
+augmentation and dropout keys on ``(seed, step)``, and the checkpoint holds the whole
 state (params, BN/ANAct statistics, optimizer and amplification-controller
 state, and the current epoch's metric sums), so a resumed run continues with
 the same batches and reports the same metrics as an uninterrupted one.
@@ -152,15 +152,18 @@ class Trainer:
     self.state = _own_buffers(jax.device_put(state, self.replicated))
 
   # --------------------------------------------------------------- steps
-  def _apply(self, params, model_state, images, train, factors=None):
+  def _apply(self, params, model_state, images, train, factors=None,
+             dropout_key=None):
     variables = {"params": params, **model_state}
+    # Models with dropout draw their masks from this key (others ignore it).
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     if train and model_state:
       logits, new_state = self.model.apply(
           variables, images, train=True, amp_factors=factors,
-          mutable=list(model_state))
+          mutable=list(model_state), rngs=rngs)
       return logits, flax.core.unfreeze(new_state)
     logits = self.model.apply(variables, images, train=train,
-                              amp_factors=factors)
+                              amp_factors=factors, rngs=rngs)
     return logits, model_state
 
   def _images(self, batch, key, *, train: bool):
@@ -181,8 +184,9 @@ class Trainer:
                if self.uses_points else None)
 
     def loss_fn(params, factors):
-      logits, model_state = self._apply(params, state.model_state, images,
-                                        True, factors)
+      logits, model_state = self._apply(
+          params, state.model_state, images, True, factors,
+          dropout_key=jax.random.fold_in(key, 1))
       logits = logits.astype(jnp.float32)
       loss = optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()

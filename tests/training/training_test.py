@@ -52,6 +52,7 @@ def _losses(config, mesh, steps=6):
 @pytest.mark.parametrize("overrides", [
     {},
     {"act": "nrelu", "amplification.enabled": True, "optimizer": "sgd_gaf"},
+    {"model_kwargs.dropout_rate": 0.3},  # same masks on 1 and 8 devices
 ])
 def test_one_and_eight_devices_give_the_same_losses(overrides):
   config = _config(**overrides)
@@ -64,6 +65,17 @@ def test_one_and_eight_devices_give_the_same_losses(overrides):
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
+
+
+def test_dropout_runs_are_reproducible_and_differ_from_no_dropout():
+  mesh = training.make_mesh(1)
+  plain, _ = _losses(_config(), mesh, steps=3)
+  dropped, _ = _losses(_config(**{"model_kwargs.dropout_rate": 0.3}), mesh,
+                       steps=3)
+  again, _ = _losses(_config(**{"model_kwargs.dropout_rate": 0.3}), mesh,
+                     steps=3)
+  np.testing.assert_array_equal(dropped, again)
+  assert not np.allclose(dropped, plain, rtol=1e-4)
 
 
 def _strip_timing(records):
