@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.crop_padding = 4
   c.flip = True
 
-  # Model: a gaf_optax.models name, its keyword overrides, the activation by
+  # Model: a gaf_optax.models name, its keyword overrides (e.g. the MLP's
+  # "dropout_rate"; masks are keyed by seed and step), the activation by
   # name (gaf_optax.training.ACTIVATIONS) and GAAF's amplitude.
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict({"features": (64, 64)})
