@@ -27,12 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.activations_digits import _xent
 from experiments.activations_digits import digits
 from gaf_optax import nn as gnn
-
-
-def _xent(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _hidden(params) -> list[str]:

@@ -106,7 +106,7 @@ def summarize(results: dict) -> dict:
   return summary
 
 
-def report(cfg, seeds, results, summary, command, seconds) -> str:
+def report(cfg, seeds, summary, command, seconds) -> str:
   rows = []
   for arm, s in summary.items():
     rows.append([f"`{arm}`: {ARMS[arm][0]}",
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
   os.makedirs(args.out, exist_ok=True)
   _cifar.plot_curves(results, cfg.describe(),
                      os.path.join(args.out, "curves.png"))
-  text = report(cfg, seeds, results, summary, _study.command(MODULE, argv),
+  text = report(cfg, seeds, summary, _study.command(MODULE, argv),
                 time.time() - t0)
   _study.write(args.out, text, {"config": dataclasses.asdict(cfg),
                                 "data": args.data, "seeds": list(seeds),
