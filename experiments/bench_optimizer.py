@@ -13,7 +13,6 @@ temporary memory for the step.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
@@ -85,17 +84,8 @@ def bench_tree(tree_name: str, repeats: int) -> list[dict]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=30)
-  parser.add_argument("--trees", default="resnet18_cifar10,resnet50_imagenet")
-  args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error("--repeats must be >= 1")
-  trees = args.trees.split(",")
-  unknown = [t for t in trees if t not in param_trees.SHAPES]
-  if unknown:
-    parser.error(f"unknown --trees {unknown}; known: {sorted(param_trees.SHAPES)}")
-
+  args, trees = param_trees.parse_args(
+      __doc__, "resnet18_cifar10,resnet50_imagenet", argv)
   print(f"jax {jax.__version__}, optax {optax.__version__}, "
         f"{jax.devices()[0].platform} x{jax.device_count()}, "
         f"{platform.processor() or platform.machine()}, repeats={args.repeats}")

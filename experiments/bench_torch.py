@@ -31,7 +31,6 @@ optimizer-state size. Both frameworks use all host cores (PyTorch's
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
@@ -152,17 +151,7 @@ def bench(tree_name: str, repeats: int) -> list[dict]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=30)
-  parser.add_argument("--trees", default="resnet18_cifar10")
-  args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error("--repeats must be >= 1")
-  trees = args.trees.split(",")
-  unknown = [t for t in trees if t not in param_trees.SHAPES]
-  if unknown:
-    parser.error(f"unknown --trees {unknown}; known: "
-                 f"{sorted(param_trees.SHAPES)}")
+  args, trees = param_trees.parse_args(__doc__, "resnet18_cifar10", argv)
   torch = _torch()
   print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"jax {jax.__version__}, optax {optax.__version__}, "

@@ -74,3 +74,22 @@ def num_params(name: str) -> int:
       n *= d
     total += n
   return total
+
+
+def parse_args(doc: str, default_trees: str, argv=None):
+  """``--repeats`` and ``--trees`` of the optimizer benchmarks, checked.
+
+  Returns ``(args, trees)``: the parsed arguments and the list of tree names.
+  """
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--trees", default=default_trees)
+  args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error("--repeats must be >= 1")
+  trees = args.trees.split(",")
+  unknown = [t for t in trees if t not in SHAPES]
+  if unknown:
+    parser.error(f"unknown --trees {unknown}; known: {sorted(SHAPES)}")
+  return args, trees
