@@ -11,7 +11,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: "digits" (embedded), "cifar10", "cifar100", "imagenet2012",
   # "tfds:<name>" or "folder:PATH" (see gaf_optax.data).
   c.dataset = "digits"
-  c.data_dir = None
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Class-balanced subsets and downsampling (gaf_optax.data.subset); None
+  # keeps the split / the stored size.
+  c.train_size = ml_collections.FieldReference(None, field_type=int)
+  c.test_size = ml_collections.FieldReference(None, field_type=int)
+  c.image_size = ml_collections.FieldReference(None, field_type=int)
   c.augment = True  # random crop with padding + horizontal flip
   c.crop_padding = 4
   c.flip = True
@@ -34,7 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.b2 = 0.999
   c.eps = 1e-8
   c.clip = 1.0  # clip_norm: global norm; clip_value: per element
-  c.gaf = ml_collections.ConfigDict({"alpha": 0.3, "beta": 4.5})
+  # GAF's arguments of sgd_gaf (all) and adam_gaf (alpha, beta, fn); shrink
+  # and gamma are fn="adaptive"'s (None: the preset's defaults).
+  c.gaf = ml_collections.ConfigDict({
+      "alpha": 0.3, "beta": 4.5, "fn": "arctan", "position": "momentum",
+      "shrink": ml_collections.FieldReference(None, field_type=float),
+      "gamma": ml_collections.FieldReference(None, field_type=float)})
   c.weight_decay = 5e-4  # coupled (L2 added to the gradient), as the papers
   c.decay_bn_and_bias = True  # False: decay kernels only
   c.schedule = "cosine"  # cosine | step | constant
@@ -55,6 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
       "reselect": "epoch",
       "seed": 0,
   })
+
+  # Per-step telemetry (gaf_optax.training.Telemetry): every `every` steps,
+  # to WORKDIR/telemetry.jsonl and TensorBoard: loss, gradient norms (global
+  # and per layer), GAF's saturated share (GAF optimizers), amplification
+  # factors, ANAct lambdas and, with `signals`, the amplification points'
+  # signal norms.
+  c.telemetry = ml_collections.ConfigDict({
+      "enabled": False, "every": 10, "layers": True, "signals": False})
 
   # Loop.
   c.num_epochs = 10

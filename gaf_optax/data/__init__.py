@@ -26,7 +26,7 @@ and normalises a batch on the device.
 
 Dependencies: ``digits`` needs scikit-learn; image folders need Pillow; TFDS
 sets need ``tensorflow-datasets`` and ``array_record`` (read through
-``tfds.data_source``, no TensorFlow). All are in the ``experiments`` extra.
+``tfds.data_source``, no TensorFlow). All are in the ``training`` extra.
 The sources are plain random-access sequences, so Grain can also read them
 (``grain.MapDataset.source(ds.train)``).
 
@@ -69,6 +69,8 @@ from gaf_optax.data._sources import Dataset
 from gaf_optax.data._sources import default_cache_dir
 from gaf_optax.data._sources import digits
 from gaf_optax.data._sources import folder
+from gaf_optax.data._subset import balanced_subset
+from gaf_optax.data._subset import subset
 from gaf_optax.data._tfds import TfdsNotPreparedError
 from gaf_optax.data._tfds import TfdsSource
 from gaf_optax.data._tfds import load as load_tfds
@@ -90,7 +92,9 @@ def known_datasets() -> tuple[str, ...]:
 
 
 def get(name: str, *, data_dir: str | None = None, download: bool = False,
-        cache_dir: str | None = None) -> Dataset:
+        cache_dir: str | None = None, train_size: int | None = None,
+        test_size: int | None = None, image_size: int | None = None,
+        subset_seed: int = 0) -> Dataset:
   """Loads a dataset by name.
 
   Args:
@@ -102,6 +106,8 @@ def get(name: str, *, data_dir: str | None = None, download: bool = False,
       preparing them (needs network access).
     cache_dir: where decoded image folders are cached; default
       ``$GAF_OPTAX_CACHE`` or ``~/.cache/gaf_optax``.
+    train_size, test_size, image_size, subset_seed: class-balanced subsets
+      and downsampling (:func:`subset`); None keeps the set as it is.
 
   Returns:
     the :class:`Dataset`.
@@ -112,6 +118,12 @@ def get(name: str, *, data_dir: str | None = None, download: bool = False,
     TfdsNotPreparedError: a TFDS set that is not prepared and was not
       downloaded; the message says how to prepare it.
   """
+  return subset(_load(name, data_dir, download, cache_dir),
+                train_size=train_size, test_size=test_size,
+                image_size=image_size, seed=subset_seed)
+
+
+def _load(name, data_dir, download, cache_dir) -> Dataset:
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     if not path:
@@ -134,6 +146,7 @@ __all__ = [
     "Dataset",
     "TfdsNotPreparedError",
     "TfdsSource",
+    "balanced_subset",
     "batches",
     "center_crop",
     "default_cache_dir",
@@ -146,4 +159,5 @@ __all__ = [
     "preprocess",
     "random_resized_crop",
     "steps_per_epoch",
+    "subset",
 ]

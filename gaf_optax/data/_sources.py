@@ -137,7 +137,7 @@ def digits() -> Dataset:
   except ImportError as e:
     raise ImportError(
         "The 'digits' dataset needs scikit-learn: pip install scikit-learn "
-        "(or pip install 'gaf-optax[experiments]').") from e
+        "(or pip install 'gaf-optax[training]').") from e
   bunch = datasets.load_digits()
   images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = bunch.target.astype(np.int32)

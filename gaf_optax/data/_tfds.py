@@ -56,7 +56,7 @@ def _import_tfds():
     raise ImportError(
         "TFDS datasets need tensorflow-datasets and array_record (not "
         "TensorFlow): pip install tensorflow-datasets array_record, or "
-        "pip install 'gaf-optax[experiments]'.") from e
+        "pip install 'gaf-optax[training]'.") from e
   return tfds
 
 

@@ -14,8 +14,8 @@ keyword arguments to the constructor, e.g. ``num_classes``, ``act``,
 - CIFAR, 32x32 input, 10 classes by default: ``resnet18``, ``resnet34``,
   ``resnet50``, ``resnet101``, ``preact_resnet18``, ``vgg16``, ``vgg19``,
   ``densenet121``, ``mobilenet_v2``, ``lenet``, ``sigmoid_lenet`` (kuangliu's
-  pytorch-cifar, used by the official GAF code), ``resnet20``, ``resnet56``
-  (He et al.'s CIFAR ResNets with option-A shortcuts), ``mlp`` (a plain MLP
+  pytorch-cifar, used by the official GAF code), ``resnet8``, ``resnet20``,
+  ``resnet56`` (He et al.'s CIFAR ResNets with option-A shortcuts), ``mlp`` (a plain MLP
   on the flattened input, any input size).
 - ImageNet, 224x224 input, 1000 classes by default (torchvision):
   ``imagenet_resnet18``, ``imagenet_resnet34``, ``imagenet_resnet50`` (v1.5),
@@ -90,6 +90,7 @@ from gaf_optax.models._cifar import LeNet
 from gaf_optax.models._cifar import MobileNetV2
 from gaf_optax.models._cifar import PreActResNet18
 from gaf_optax.models._cifar import ResNet18
+from gaf_optax.models._cifar import ResNet8
 from gaf_optax.models._cifar import ResNet20
 from gaf_optax.models._cifar import ResNet34
 from gaf_optax.models._cifar import ResNet50
@@ -128,6 +129,7 @@ __all__ = [
     "ResNet",
     "ResNet101",
     "ResNet18",
+    "ResNet8",
     "ResNet20",
     "ResNet34",
     "ResNet50",
@@ -149,6 +151,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet34": ResNet34,
     "resnet50": ResNet50,
     "resnet101": ResNet101,
+    "resnet8": ResNet8,
     "resnet20": ResNet20,
     "resnet56": ResNet56,
     "preact_resnet18": PreActResNet18,

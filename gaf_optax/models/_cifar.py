@@ -39,6 +39,7 @@ __all__ = [
     "PreActResNet18",
     "ResNet101",
     "ResNet18",
+    "ResNet8",
     "ResNet20",
     "ResNet34",
     "ResNet50",
@@ -61,6 +62,11 @@ ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
                               block_cls=Bottleneck)
 PreActResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                    block_cls=PreActBlock, stem="cifar_preact")
+# He et al.'s CIFAR ResNet with one basic block per stage (n = 1): the
+# CPU-scale studies' network.
+ResNet8 = functools.partial(ResNet, stage_sizes=(1, 1, 1),
+                            block_cls=BasicBlock, widths=(16, 32, 64),
+                            shortcut="A")
 ResNet20 = functools.partial(ResNet, stage_sizes=(3, 3, 3),
                              block_cls=BasicBlock, widths=(16, 32, 64),
                              shortcut="A")
@@ -399,6 +405,9 @@ class MLP(nn.Module):
     dropout_rate: dropout after each hidden activation, in training only
       (inverted dropout: kept units are scaled by ``1 / (1 - rate)``); a rate
       above 0 needs a ``"dropout"`` PRNG key in ``apply(..., rngs=...)``.
+    init_scale: multiplier of every kernel's initial variance (LeCun normal
+      times ``init_scale``; 1 is Flax's default), for saturating or
+      vanishing-gradient studies.
     dtype: computation dtype.
     param_dtype: parameter dtype.
 
@@ -420,6 +429,7 @@ class MLP(nn.Module):
   act: Activation = nn.relu
   amplify_activations: bool = False
   dropout_rate: float = 0.0
+  init_scale: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -434,10 +444,14 @@ class MLP(nn.Module):
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
     act = make_activation(self.act, train)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              init_scale=self.init_scale)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(
           f"dropout_rate must be in [0, 1); got {self.dropout_rate!r}.")
+    if not self.init_scale > 0:
+      raise ValueError(
+          f"init_scale must be positive; got {self.init_scale!r}.")
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.features):
       x = act(amp(dense(width, name=f"fc{i + 1}", **kw)(x)))

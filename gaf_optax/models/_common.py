@@ -145,10 +145,20 @@ def batch_norm(train: bool, *, dtype: Dtype = jnp.float32,
 
 
 def dense(features: int, *, dtype: Dtype = jnp.float32,
-          param_dtype: Dtype = jnp.float32,
-          name: str | None = None) -> nn.Dense:
-  """A fully connected layer with bias (Flax's default initializers)."""
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name)
+          param_dtype: Dtype = jnp.float32, name: str | None = None,
+          init_scale: float = 1.0) -> nn.Dense:
+  """A fully connected layer with bias (Flax's default initializers).
+
+  ``init_scale`` multiplies the kernel's initial variance: LeCun normal is
+  ``variance_scaling(1, "fan_in", "truncated_normal")``, so the kernel is
+  drawn from ``variance_scaling(init_scale, ...)``, i.e. ``sqrt(init_scale)``
+  times the default draw with the same key.
+  """
+  kernel_init = (nn.initializers.lecun_normal() if init_scale == 1.0 else
+                 nn.initializers.variance_scaling(init_scale, "fan_in",
+                                                  "truncated_normal"))
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=kernel_init)
 
 
 def num_params(model: nn.Module, input_shape: Sequence[int]) -> int:

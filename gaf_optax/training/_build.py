@@ -18,6 +18,7 @@ import optax
 import gaf_optax
 from gaf_optax import models as models_lib
 from gaf_optax import nn as gnn
+from gaf_optax.training._step import Telemetry
 
 __all__ = [
     "ACTIVATIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_schedule",
+    "build_telemetry",
     "get_activation",
     "layer_labels",
 ]
@@ -74,10 +76,10 @@ def get_activation(name: str, amplitude: float | None = None):
 
 def build_model(config, num_classes: int) -> nn.Module:
   """The config's model with its activation and dtype."""
-  kwargs = dict(config.get("model_kwargs", {}) or {})
+  kwargs = dict(config.model_kwargs or {})
   kwargs["num_classes"] = num_classes
-  kwargs["act"] = get_activation(config.act, config.get("gaaf_amplitude"))
-  if config.get("half_precision", False):
+  kwargs["act"] = get_activation(config.act, config.gaaf_amplitude)
+  if config.half_precision:
     kwargs["dtype"] = jnp.bfloat16
   return models_lib.get(config.model, **kwargs)
 
@@ -85,7 +87,7 @@ def build_model(config, num_classes: int) -> nn.Module:
 def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """Learning-rate schedule: "cosine" (with warm-up), "step" or "constant"."""
   total = config.num_epochs * steps_per_epoch
-  warmup = int(round(config.get("warmup_epochs", 0) * steps_per_epoch))
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
   lr = config.learning_rate
   if config.schedule == "cosine":
     if warmup:
@@ -94,8 +96,8 @@ def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(lr, max(total, 1))
   if config.schedule == "step":
     boundaries = {
-        int(e * steps_per_epoch): config.get("decay_factor", 0.1)
-        for e in config.get("decay_epochs", ())}
+        int(e * steps_per_epoch): config.decay_factor
+        for e in config.decay_epochs}
     sched = optax.piecewise_constant_schedule(lr, boundaries)
     if warmup:
       sched = optax.join_schedules(
@@ -131,11 +133,11 @@ def _clip_value(cfg, lr, wd):
 
 def _sgd_gaf(cfg, lr, wd):
   gaf = dict(cfg.gaf)
-  if cfg.wd_mask is not None and gaf.get("position", "momentum") != "momentum":
+  if cfg.wd_mask is not None and gaf["position"] != "momentum":
     raise ValueError(
         "decay_bn_and_bias=False with sgd_gaf needs gaf.position='momentum' "
         "(there weight decay comes first and can be masked); got "
-        f"{gaf.get('position')!r}.")
+        f"{gaf['position']!r}.")
   if cfg.wd_mask is not None:  # SGD_atanMom: decay first, so mask it there
     return optax.chain(
         optax.add_decayed_weights(wd, cfg.wd_mask),
@@ -149,7 +151,7 @@ def _adam_gaf(cfg, lr, wd):
     raise ValueError(
         "decay_bn_and_bias=False is not supported with adam_gaf (its weight "
         "decay sits after GAF, inside the preset); use decay_bn_and_bias=True.")
-  gaf = {k: v for k, v in dict(cfg.gaf).items() if k in ("alpha", "beta", "fn")}
+  gaf = {k: cfg.gaf[k] for k in ("alpha", "beta", "fn")}
   return gaf_optax.adam_gaf(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, **gaf)
 
 
@@ -164,16 +166,16 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 class _OptConfig:
-  """The optimizer fields of a config, with defaults, in one place."""
+  """The optimizer fields of a config (defaults: configs/default.py only)."""
 
   def __init__(self, config, wd_mask):
-    self.momentum = config.get("momentum", 0.9)
-    self.nesterov = config.get("nesterov", False)
-    self.b1 = config.get("b1", 0.9)
-    self.b2 = config.get("b2", 0.999)
-    self.eps = config.get("eps", 1e-8)
-    self.clip = config.get("clip", 1.0)
-    self.gaf = dict(config.get("gaf", {}) or {})
+    self.momentum = config.momentum
+    self.nesterov = config.nesterov
+    self.b1 = config.b1
+    self.b2 = config.b2
+    self.eps = config.eps
+    self.clip = config.clip
+    self.gaf = {k: v for k, v in dict(config.gaf).items() if v is not None}
     self.wd_mask = wd_mask
 
 
@@ -216,18 +218,17 @@ def build_optimizer(config, *, steps_per_epoch: int, params,
   """
   if config.optimizer not in OPTIMIZERS:
     raise _unknown("optimizer", config.optimizer, OPTIMIZERS)
-  wd_mask = None if config.get("decay_bn_and_bias", True) else _decay_mask(
-      params)
+  wd_mask = None if config.decay_bn_and_bias else _decay_mask(params)
   lr = build_schedule(config, steps_per_epoch)
   tx = OPTIMIZERS[config.optimizer](
-      _OptConfig(config, wd_mask), lr, config.get("weight_decay", 0.0))
-  amp = config.get("amplification", None)
-  if amp is None or not amp.get("enabled", False):
+      _OptConfig(config, wd_mask), lr, config.weight_decay)
+  amp = config.amplification
+  if not amp.enabled:
     return tx, False
   kwargs = dict(factor=amp.factor, start_epoch=amp.start_epoch,
-                end_epoch=amp.get("end_epoch"), selection=amp.selection,
+                end_epoch=amp.end_epoch, selection=amp.selection,
                 threshold=amp.threshold, ratio=amp.ratio,
-                reselect=amp.reselect, seed=amp.get("seed", 0))
+                reselect=amp.reselect, seed=amp.seed)
   if amp.mode == "points":
     if num_points < 1:
       raise ValueError(
@@ -242,3 +243,22 @@ def build_optimizer(config, *, steps_per_epoch: int, params,
         num_layers, steps_per_epoch, labels=labels, **kwargs)
     return optax.chain(controller, tx), False
   raise _unknown("amplification.mode", amp.mode, ("points", "weights"))
+
+
+def build_telemetry(config) -> Telemetry | None:
+  """``config.telemetry`` as a :class:`Telemetry` (None when disabled).
+
+  GAF's saturation share uses ``config.gaf.beta`` for the GAF optimizers, on
+  the momentum buffer for ``sgd_gaf`` in its default ``position="momentum"``
+  (SGD_atanMom) and on the gradient otherwise.
+  """
+  t = config.telemetry
+  if not t.enabled:
+    return None
+  beta, where = None, "gradient"
+  if config.optimizer in ("sgd_gaf", "adam_gaf"):
+    beta = config.gaf.beta
+    if config.optimizer == "sgd_gaf" and config.gaf.position == "momentum":
+      where = "momentum"
+  return Telemetry(layers=t.layers, gaf_beta=beta, gaf_input=where,
+                   signals=t.signals, every=t.every)

@@ -1,4 +1,4 @@
-"""Data-parallel training: state, steps and the epoch loop.
+"""The trainer: a model, an optax transformation and a dataset, on a mesh.
 
 ``jax.jit`` over a one-axis device ``Mesh``: the state is replicated
 (``P()``), the batch is sharded over ``"data"``, and XLA inserts the gradient
@@ -7,57 +7,47 @@ process reads its own slice of every global batch and the global array is
 assembled with ``jax.make_array_from_process_local_data``.
 
 Exact resumption: the data order depends only on ``(seed, epoch)``, random
-augmentation and dropout keys on ``(seed, step)``, and the checkpoint holds the whole
-state (params, BN/ANAct statistics, optimizer and amplification-controller
-state, and the current epoch's metric sums), so a resumed run continues with
-the same batches and reports the same metrics as an uninterrupted one.
+augmentation and dropout keys on ``(seed, step)``, and the checkpoint holds the
+whole state (params, BN/ANAct statistics, optimizer and amplification
+controller state, and the current epoch's metric sums), so a resumed run
+continues with the same batches and reports the same metrics as an
+uninterrupted one.
+
+Two drivers share the pure step of :mod:`gaf_optax.training._step`:
+:meth:`Trainer.fit` (a Python loop over the jitted, sharded step, with
+checkpoints and metric files; what convolutions on XLA:CPU want) and
+:meth:`Trainer.fit_seeds` (one jitted function: ``vmap`` over seeds,
+``lax.scan`` over epochs and steps; fastest for small dense models).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import gaf_optax
 from gaf_optax import data as data_lib
-from gaf_optax.nn import signal_norms
 from gaf_optax.training import _build
-from gaf_optax.training._checkpoint import Checkpointer
-from gaf_optax.training._metrics import MetricWriter
+from gaf_optax.training import _step
+from gaf_optax.training._step import Preprocess
+from gaf_optax.training._step import Telemetry
+from gaf_optax.training._step import TrainState
 
 __all__ = [
-    "TrainState",
     "Trainer",
     "initialize_distributed",
     "make_mesh",
     "train_and_evaluate",
 ]
 
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes; a pytree of arrays (checkpointed whole)."""
-
-  step: jax.Array
-  params: Any
-  model_state: Any  # batch_stats (BatchNorm, ANAct) and other collections
-  opt_state: Any
-  sums: Any  # this epoch's train loss/correct/count sums
-
-
-def _zero_sums():
-  return {"loss": jnp.zeros((), jnp.float32),
-          "correct": jnp.zeros((), jnp.float32),
-          "count": jnp.zeros((), jnp.float32)}
+Probe = Callable[[TrainState], dict]
 
 
 def _own_buffers(tree):
@@ -71,14 +61,14 @@ def _own_buffers(tree):
 
 def initialize_distributed(config) -> None:
   """``jax.distributed.initialize`` when ``config.distributed`` asks for it."""
-  dist = config.get("distributed", None)
-  if dist is None or not dist.get("coordinator_address"):
+  dist = config.distributed
+  if not dist.coordinator_address:
     return
   jax.distributed.initialize(
       coordinator_address=dist.coordinator_address,
       num_processes=dist.num_processes,
       process_id=dist.process_id,
-      local_device_ids=dist.get("local_device_ids"))
+      local_device_ids=dist.local_device_ids)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -92,168 +82,207 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
+def _progress(total, desc, enabled):
+  if not enabled:
+    return None
+  try:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _host(tree):
+  return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(tree))
+
+
 class Trainer:
-  """Builds a run from a config and owns its jitted steps.
+  """Trains a Flax model with an optax transformation on a dataset.
 
   Args:
-    config: an ``ml_collections.ConfigDict`` (see
-      ``experiments/configs/default.py``).
+    model: a Flax Linen model called as ``apply(variables, x, train=...,
+      amp_factors=...)`` (every ``gaf_optax.models`` model is).
+    tx: any optax transformation, e.g. ``gaf_optax.sgd_gaf(0.1)``; with a
+      :func:`gaf_optax.gradient_amplification` controller first in the chain
+      when ``amplification_points`` is true.
+    dataset: a :class:`gaf_optax.data.Dataset` (``gaf_optax.data.get``).
+    batch_size: the global batch size (all devices and processes).
+    num_epochs: epochs :meth:`fit` trains.
+    seed: keys the initialization, data order, augmentation and dropout.
+    eval_batch_size: evaluation batch size (default ``batch_size``).
     mesh: the device mesh (default: all devices).
+    preprocess: the on-device image pipeline (default: normalise with the
+      dataset's statistics, CIFAR crop + flip in training).
+    amplification_points: the chain's controller drives the model's
+      amplification points (its ``update`` gets ``layer_stats=``).
+    telemetry: per-step diagnostics (:class:`Telemetry`); None: only the
+      step loss and the global gradient norm.
+    learning_rate: the schedule (or float) ``tx`` uses, for the records'
+      ``learning_rate`` column (None: no column).
+    loss_fn: per-example loss of ``(logits, labels)``.
+    compiler_options: XLA compiler options for the jitted steps.
+
+  Example:
+    >>> import gaf_optax
+    >>> from gaf_optax import data, models, training
+    >>> ds = data.get("digits")
+    >>> trainer = training.Trainer(
+    ...     models.MLP(features=(32,), num_classes=10),
+    ...     gaf_optax.sgd_gaf(0.1, momentum=0.9), ds, batch_size=64,
+    ...     num_epochs=2, mesh=training.make_mesh(1),
+    ...     preprocess=training.Preprocess.for_dataset(ds, augment=False))
+    >>> summary = trainer.fit(progress=False, log_to_stdout=False)
+    >>> [r["epoch"] for r in summary["records"]]
+    [1, 2]
+    >>> summary["last_test_accuracy"] > 0.8
+    True
   """
 
-  def __init__(self, config, mesh: Mesh | None = None):
-    self.config = config
-    self.mesh = mesh or make_mesh(config.get("num_devices"))
-    self.dataset = data_lib.get(config.dataset, data_dir=config.get("data_dir"))
+  def __init__(self, model, tx: optax.GradientTransformation, dataset, *,
+               batch_size: int, num_epochs: int = 1, seed: int = 0,
+               eval_batch_size: int | None = None, mesh: Mesh | None = None,
+               preprocess: Preprocess | None = None,
+               amplification_points: bool = False,
+               telemetry: Telemetry | None = None,
+               learning_rate: optax.ScalarOrSchedule | None = None,
+               loss_fn: _step.LossFn = _step.softmax_cross_entropy,
+               compiler_options: dict[str, Any] | None = None):
+    if not isinstance(tx, optax.GradientTransformation):
+      raise TypeError(f"tx must be an optax.GradientTransformation; got "
+                      f"{type(tx).__name__}.")
+    if not isinstance(dataset, data_lib.Dataset):
+      raise TypeError(
+          "dataset must be a gaf_optax.data.Dataset (gaf_optax.data.get(...)"
+          f"); got {type(dataset).__name__}.")
+    if not isinstance(num_epochs, int) or num_epochs < 1:
+      raise ValueError(f"num_epochs must be an int >= 1; got {num_epochs!r}.")
+    self.model = model
+    self.tx = tx
+    self.dataset = dataset
+    self.batch_size = batch_size
+    self.eval_batch_size = eval_batch_size or batch_size
+    self.num_epochs = num_epochs
+    self.seed = int(seed)
+    self.mesh = mesh or make_mesh()
+    self.preprocess = preprocess or Preprocess.for_dataset(dataset)
+    self.amplification_points = amplification_points
+    self.telemetry = telemetry
+    self.learning_rate = learning_rate
+    self.config = None  # set by from_config
     num_devices = self.mesh.devices.size
-    for name in ("batch_size", "eval_batch_size"):
-      size = config.get(name) or config.batch_size
+    for name, size in (("batch_size", self.batch_size),
+                       ("eval_batch_size", self.eval_batch_size)):
+      if not isinstance(size, int) or size < 1:
+        raise ValueError(f"{name} must be a positive int; got {size!r}.")
       if size % num_devices or size % jax.process_count():
         raise ValueError(
-            f"config.{name}={size} must be divisible by the number of devices "
+            f"{name}={size} must be divisible by the number of devices "
             f"({num_devices}) and processes ({jax.process_count()}).")
-    self.steps_per_epoch = data_lib.steps_per_epoch(self.dataset,
-                                                    config.batch_size)
+    self.steps_per_epoch = data_lib.steps_per_epoch(dataset, batch_size)
     if self.steps_per_epoch < 1:
       raise ValueError(
-          f"config.batch_size={config.batch_size} is larger than the "
-          f"training set ({self.dataset.num_train} examples).")
-    self.total_steps = config.num_epochs * self.steps_per_epoch
-    self.model = _build.build_model(config, self.dataset.num_classes)
-    self.num_points = getattr(self.model, "num_amplification_points", 0)
-    self.rng = jax.random.PRNGKey(config.seed)
+          f"batch_size={batch_size} is larger than the training set "
+          f"({dataset.num_train} examples).")
+    self.total_steps = num_epochs * self.steps_per_epoch
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    self.mean = np.asarray(self.dataset.mean, np.float32)
-    self.std = np.asarray(self.dataset.std, np.float32)
-    self._init_state()
-    self._train_step = jax.jit(self._train_step_fn, donate_argnums=0,
-                               out_shardings=(self.replicated, None))
-    self._eval_step = jax.jit(self._eval_step_fn)
+    self.step_fn = _step.make_train_step(
+        model, tx, self.preprocess, amplification_points=amplification_points,
+        telemetry=telemetry, loss_fn=loss_fn)
+    self.eval_fn = _step.make_eval_step(model, self.preprocess,
+                                        loss_fn=loss_fn)
+    self.compiler_options = compiler_options
+    self.state = self.init_state(self.seed)
+    self._train_step = jax.jit(self.step_fn, donate_argnums=0,
+                               out_shardings=(self.replicated, None),
+                               compiler_options=compiler_options)
+    self._eval_step = jax.jit(self.eval_fn, compiler_options=compiler_options)
 
-  # --------------------------------------------------------------- state
-  def _init_state(self):
-    shape = (1,) + tuple(self.dataset.image_shape)
-    init_key = jax.random.fold_in(self.rng, -1 % 2**31)
+  # ------------------------------------------------------------- building
+  @classmethod
+  def from_config(cls, config, mesh: Mesh | None = None) -> "Trainer":
+    """The config-by-name path of ``experiments/main.py``.
 
-    def init(key):
-      variables = self.model.init(key, jnp.zeros(shape, jnp.float32),
-                                  train=False)
-      return flax.core.unfreeze(variables)
+    Args:
+      config: a complete ``ml_collections.ConfigDict`` (the fields of
+        ``experiments/configs/default.py``, the one place defaults live).
+      mesh: the device mesh (default: ``config.num_devices`` devices).
+    """
+    dataset = data_lib.get(
+        config.dataset, data_dir=config.data_dir,
+        train_size=config.train_size, test_size=config.test_size,
+        image_size=config.image_size)
+    model = _build.build_model(config, dataset.num_classes)
+    mesh = mesh or make_mesh(config.num_devices)
+    steps_per_epoch = data_lib.steps_per_epoch(dataset, config.batch_size)
+    if steps_per_epoch < 1:
+      raise ValueError(
+          f"config.batch_size={config.batch_size} is larger than the "
+          f"training set ({dataset.num_train} examples).")
+    shapes = jax.eval_shape(lambda: _step.init_state(
+        model, optax.identity(), 0, dataset.image_shape).params)
+    tx, uses_points = _build.build_optimizer(
+        config, steps_per_epoch=steps_per_epoch, params=shapes,
+        num_points=getattr(model, "num_amplification_points", 0))
+    preprocess = Preprocess.for_dataset(
+        dataset, augment=config.augment, crop_padding=config.crop_padding,
+        flip=config.flip,
+        dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+    trainer = cls(
+        model, tx, dataset, batch_size=config.batch_size,
+        num_epochs=config.num_epochs, seed=config.seed,
+        eval_batch_size=config.eval_batch_size, mesh=mesh,
+        preprocess=preprocess, amplification_points=uses_points,
+        telemetry=_build.build_telemetry(config),
+        learning_rate=_build.build_schedule(config, steps_per_epoch))
+    trainer.config = config
+    return trainer
 
-    variables = jax.jit(init)(init_key)
-    params = variables.pop("params")
-    self.tx, self.uses_points = _build.build_optimizer(
-        self.config, steps_per_epoch=self.steps_per_epoch, params=params,
-        num_points=self.num_points)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       model_state=variables,
-                       opt_state=self.tx.init(params), sums=_zero_sums())
-    self.state = _own_buffers(jax.device_put(state, self.replicated))
+  def init_state(self, seed: int) -> TrainState:
+    """A fresh, replicated state for ``seed``."""
+    init = jax.jit(lambda: _step.init_state(self.model, self.tx, seed,
+                                            self.dataset.image_shape))
+    return _own_buffers(jax.device_put(init(), self.replicated))
 
-  # --------------------------------------------------------------- steps
-  def _apply(self, params, model_state, images, train, factors=None,
-             dropout_key=None):
-    variables = {"params": params, **model_state}
-    # Models with dropout draw their masks from this key (others ignore it).
-    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
-    if train and model_state:
-      logits, new_state = self.model.apply(
-          variables, images, train=True, amp_factors=factors,
-          mutable=list(model_state), rngs=rngs)
-      return logits, flax.core.unfreeze(new_state)
-    logits = self.model.apply(variables, images, train=train,
-                              amp_factors=factors, rngs=rngs)
-    return logits, model_state
+  # ------------------------------------------------------------- names
+  def telemetry_names(self) -> dict[str, list[str]]:
+    """Labels of the per-layer telemetry vectors (``layer_*``, lambdas)."""
+    names = {"layer": _step.layer_names(self.state.params),
+             "anact_lambda": _step.anact_lambda_names(
+                 self.state.model_state)}
+    points = getattr(self.model, "num_amplification_points", 0)
+    names["point"] = [str(i) for i in range(points)]
+    return names
 
-  def _images(self, batch, key, *, train: bool):
-    """Normalized (and, when ``train``, augmented) images in compute dtype."""
-    images = data_lib.preprocess(
-        batch["image"], key, mean=self.mean, std=self.std, train=train,
-        crop_padding=self.config.get("crop_padding", 4),
-        flip=self.config.get("flip", True))
-    if self.config.get("half_precision", False):
-      images = images.astype(jnp.bfloat16)
-    return images
-
-  def _train_step_fn(self, state: TrainState, batch):
-    key = jax.random.fold_in(self.rng, state.step)
-    images = self._images(batch, key, train=self.config.get("augment", True))
-    labels = batch["label"]
-    factors = (gaf_optax.amplification_factors(state.opt_state)
-               if self.uses_points else None)
-
-    def loss_fn(params, factors):
-      logits, model_state = self._apply(
-          params, state.model_state, images, True, factors,
-          dropout_key=jax.random.fold_in(key, 1))
-      logits = logits.astype(jnp.float32)
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-      return loss, (logits, model_state)
-
-    if self.uses_points:
-      (loss, (logits, model_state)), (grads, factor_grads) = (
-          jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-              state.params, factors))
-      updates, opt_state = self.tx.update(
-          grads, state.opt_state, state.params,
-          layer_stats=signal_norms(factor_grads))
-    else:
-      (loss, (logits, model_state)), grads = jax.value_and_grad(
-          loss_fn, has_aux=True)(state.params, None)
-      updates, opt_state = self.tx.update(grads, state.opt_state,
-                                          state.params)
-    params = optax.apply_updates(state.params, updates)
-    n = jnp.float32(labels.shape[0])
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    sums = {"loss": state.sums["loss"] + loss * n,
-            "correct": state.sums["correct"] + correct,
-            "count": state.sums["count"] + n}
-    new_state = TrainState(step=state.step + 1, params=params,
-                           model_state=model_state, opt_state=opt_state,
-                           sums=sums)
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
-                             for g in jax.tree.leaves(grads)))
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
-
-  def _eval_step_fn(self, state: TrainState, batch):
-    images = self._images(batch, None, train=False)
-    logits, _ = self._apply(state.params, state.model_state, images, False)
-    logits = logits.astype(jnp.float32)
-    mask = batch["mask"].astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["label"])
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
-            "count": jnp.sum(mask)}
-
-  # --------------------------------------------------------------- data
+  # ------------------------------------------------------------- data
   def _global(self, local_batch):
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
             for k, v in local_batch.items()}
 
   def train_batches(self, epoch: int, start_batch: int = 0):
+    """This process's share of the training batches of ``epoch``."""
     return data_lib.batches(
-        self.dataset.train, self.config.batch_size, seed=self.config.seed,
-        epoch=epoch, shuffle=True, drop_remainder=True,
-        process_index=jax.process_index(),
+        self.dataset.train, self.batch_size, seed=self.seed, epoch=epoch,
+        shuffle=True, drop_remainder=True, process_index=jax.process_index(),
         process_count=jax.process_count(), start_batch=start_batch)
 
-  def train_step(self, local_batch):
+  # ------------------------------------------------------------- steps
+  def train_step(self, local_batch) -> dict:
     """One step on a process-local batch; returns the step's metrics."""
     self.state, metrics = self._train_step(self.state,
                                            self._global(local_batch))
     return metrics
 
-  def evaluate(self) -> dict[str, float]:
-    size = self.config.get("eval_batch_size") or self.config.batch_size
+  def evaluate(self, state: TrainState | None = None) -> dict[str, float]:
+    """Test loss and accuracy of ``state`` (default: the current one)."""
+    state = self.state if state is None else state
     totals = None
     for batch in data_lib.batches(
-        self.dataset.test, size, seed=0, epoch=0, shuffle=False,
-        drop_remainder=False, process_index=jax.process_index(),
+        self.dataset.test, self.eval_batch_size, seed=0, epoch=0,
+        shuffle=False, drop_remainder=False,
+        process_index=jax.process_index(),
         process_count=jax.process_count()):
-      out = self._eval_step(self.state, self._global(batch))
+      out = self._eval_step(state, self._global(batch))
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     count = max(float(totals["count"]), 1.0)
@@ -265,102 +294,241 @@ class Trainer:
     sums = jax.device_get(self.state.sums)
     count = max(float(sums["count"]), 1.0)
     self.state = self.state.replace(
-        sums=_own_buffers(jax.device_put(_zero_sums(), self.replicated)))
+        sums=_own_buffers(jax.device_put(_step.zero_sums(), self.replicated)))
     return {"train_loss": float(sums["loss"]) / count,
             "train_accuracy": float(sums["correct"]) / count}
 
+  def _lr(self, step: int) -> float | None:
+    if self.learning_rate is None:
+      return None
+    if callable(self.learning_rate):
+      return float(self.learning_rate(step))
+    return float(self.learning_rate)
 
-def _progress(total, desc, enabled):
-  if not enabled:
-    return None
-  try:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+  # ------------------------------------------------------------- drivers
+  def fit(self, workdir: str | None = None, *, max_steps: int | None = None,
+          checkpoint_every_steps: int = 0, checkpoint_at_end: bool = True,
+          keep_checkpoints: int = 3, restore_step: int | None = None,
+          tensorboard: bool = True, log_to_stdout: bool = True,
+          progress: bool = True, probe: Probe | None = None
+          ) -> dict[str, Any]:
+    """Trains ``num_epochs`` and evaluates after each; resumes from workdir.
+
+    Args:
+      workdir: output directory (``metrics.jsonl``, ``telemetry.jsonl``,
+        ``tensorboard/``, ``checkpoints/``); a checkpoint there is resumed.
+        None: nothing is written and nothing resumed.
+      max_steps: stop after this global step without a final checkpoint, as
+        a preempted job would (for time-boxed runs and resume tests).
+      checkpoint_every_steps: also checkpoint every this many steps (0: no).
+      checkpoint_at_end: checkpoint after the last step.
+      keep_checkpoints: checkpoints kept.
+      restore_step: resume from this step instead of the latest.
+      tensorboard: also write TensorBoard scalars.
+      log_to_stdout: print each epoch's record.
+      progress: show a progress bar per epoch (process 0).
+      probe: ``state -> dict`` of arrays, jitted and added to each epoch's
+        record (e.g. activation statistics of the trained network).
+
+    Returns:
+      A summary: ``records`` (one per epoch), ``last_test_accuracy``,
+      ``best_test_accuracy``, ``final_train_loss``, ``step_loss`` (the loss
+      of every step this call ran), ``telemetry`` (the kept steps' values,
+      ``{key: [per step]}`` with a ``step`` key), ``telemetry_names`` and the
+      final ``state``.
+    """
+    from gaf_optax.training._metrics import MetricWriter  # pylint: disable=import-outside-toplevel
+    ckpt = writer = None
+    if workdir is not None:
+      from gaf_optax.training._checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+      os.makedirs(workdir, exist_ok=True)
+      writer = MetricWriter(workdir, tensorboard=tensorboard,
+                            stdout=log_to_stdout)
+      ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
+    else:
+      writer = MetricWriter(None, tensorboard=False, stdout=log_to_stdout)
+    stop = self.total_steps if max_steps is None else min(max_steps,
+                                                          self.total_steps)
+    records: list[dict] = []
+    step = int(jax.device_get(self.state.step))  # a second fit() continues
+    if ckpt is not None and ckpt.latest_step() is not None:
+      step, state = ckpt.restore(self.state, restore_step)
+      self.state = _own_buffers(jax.device_put(state, self.replicated))
+      records = writer.truncate_after(step)
+    probe_fn = jax.jit(probe) if probe is not None else None
+    every = self.telemetry.every if self.telemetry is not None else 0
+    names = self.telemetry_names() if self.telemetry is not None else {}
+    spe = self.steps_per_epoch
+    show = progress and jax.process_index() == 0
+    step_loss: list[float] = []
+    kept: list[tuple[int, dict]] = []
+    telemetry: dict[str, list] = {}
+    try:
+      while step < stop:
+        epoch, start_batch = divmod(step, spe)
+        bar = _progress(spe, f"epoch {epoch + 1}/{self.num_epochs}", show)
+        if bar is not None:
+          bar.update(start_batch)
+        t0 = time.perf_counter()
+        steps_run = 0
+        losses = []
+        for batch in self.train_batches(epoch, start_batch):
+          if step == stop:
+            break
+          metrics = self.train_step(batch)
+          step += 1
+          steps_run += 1
+          losses.append(metrics["loss"])
+          if every and step % every == 0:
+            kept.append((step, metrics))
+          if bar is not None:
+            bar.update(1)
+          if ckpt is not None and checkpoint_every_steps and (
+              step % checkpoint_every_steps == 0 and step % spe):
+            ckpt.save(step, self.state)
+        jax.block_until_ready(self.state)
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+          bar.close()
+        step_loss += [float(x) for x in jax.device_get(losses)]
+        for s, m in kept:
+          row = {"step": s, **_host(m)}
+          writer.write_telemetry(row, names)
+          for k, v in row.items():
+            telemetry.setdefault(k, []).append(v)
+        kept = []
+        if step % spe:  # stopped inside the epoch (max_steps)
+          break
+        record = {"step": step, "epoch": epoch + 1, **self.take_epoch_sums(),
+                  **self.evaluate()}
+        best = max([r["test_accuracy"] for r in records] +
+                   [record["test_accuracy"]])
+        record.update(
+            best_test_accuracy=best, epoch_seconds=seconds,
+            images_per_second=steps_run * self.batch_size / max(seconds,
+                                                                1e-9))
+        lr = self._lr(step - 1)
+        if lr is not None:
+          record["learning_rate"] = lr
+        if probe_fn is not None:
+          record.update(_host(probe_fn(self.state)))
+        records.append(record)
+        writer.write(record)
+        if ckpt is not None and (
+            (checkpoint_every_steps and step % checkpoint_every_steps == 0) or
+            (checkpoint_at_end and step == self.total_steps)):
+          ckpt.save(step, self.state)
+    finally:
+      if ckpt is not None:
+        ckpt.close()
+      writer.close()
+    last = records[-1] if records else {}
+    return {
+        "records": records,
+        "last_test_accuracy": last.get("test_accuracy"),
+        "best_test_accuracy": max((r["test_accuracy"] for r in records),
+                                  default=None),
+        "final_train_loss": last.get("train_loss"),
+        "step_loss": step_loss,
+        "telemetry": telemetry,
+        "telemetry_names": names,
+        "state": self.state,
+    }
+
+  def fit_seeds(self, seeds: Sequence[int], *, probe: Probe | None = None
+                ) -> dict[str, Any]:
+    """Trains one run per seed in one jitted function, on one device.
+
+    ``jax.vmap`` over the seeds, ``lax.scan`` over epochs and steps: the
+    same step, batches (order by ``(seed, epoch)``), keys and evaluation as
+    :meth:`fit` with ``Trainer(seed=s)``, without a host round trip per step
+    (tested equal). Fast for small dense models; XLA:CPU runs convolutions
+    inside loop bodies slowly (https://github.com/jax-ml/jax/issues/12868),
+    so use :meth:`fit` for CNNs there. The datasets must be in memory
+    (:class:`gaf_optax.data.ArraySource`, e.g. digits or any
+    :func:`gaf_optax.data.subset`); the whole test set is one batch.
+
+    Args:
+      seeds: the runs' seeds.
+      probe: ``state -> dict`` of arrays, traced into every epoch's end.
+
+    Returns:
+      ``{key: array [seeds, epochs, ...]}``: ``train_loss``,
+      ``train_accuracy``, ``test_loss``, ``test_accuracy``, the epoch mean of
+      every per-step metric (``loss``, ``grad_norm`` and the telemetry's),
+      the probe's values; ``steps``: every step's metrics ``[seeds, epochs,
+      steps_per_epoch, ...]``; ``telemetry_names``.
+    """
+    train, test = self.dataset.train, self.dataset.test
+    for name, src in (("train", train), ("test", test)):
+      if not isinstance(src, data_lib.ArraySource):
+        raise ValueError(
+            f"fit_seeds needs in-memory sources; dataset.{name} is a "
+            f"{type(src).__name__}. Use fit(), or gaf_optax.data.subset().")
+    seeds = [int(s) for s in seeds]
+    spe, bs, n = self.steps_per_epoch, self.batch_size, len(train)
+    idx = np.stack([np.stack([
+        data_lib.epoch_order(n, seed=s, epoch=e)[:spe * bs].reshape(spe, bs)
+        for e in range(self.num_epochs)]) for s in seeds]).astype(np.int32)
+    xtr, ytr = jnp.asarray(train.images), jnp.asarray(train.labels)
+    test_batch = {"image": jnp.asarray(test.images),
+                  "label": jnp.asarray(test.labels)}
+    model, tx, shape = self.model, self.tx, self.dataset.image_shape
+
+    def run(seed, order):
+      state = _step.init_state(model, tx, seed, shape)
+
+      def train_step(state, rows):
+        return self.step_fn(state, {"image": xtr[rows], "label": ytr[rows]})
+
+      def epoch(state, rows):
+        state, metrics = jax.lax.scan(train_step, state, rows)
+        count = jnp.maximum(state.sums["count"], 1.0)
+        totals = self.eval_fn(state, test_batch)
+        record = {"train_loss": state.sums["loss"] / count,
+                  "train_accuracy": state.sums["correct"] / count,
+                  "test_loss": totals["loss"] / totals["count"],
+                  "test_accuracy": totals["correct"] / totals["count"],
+                  **{k: jnp.mean(v, 0) for k, v in metrics.items()},
+                  "steps": metrics}
+        state = state.replace(sums=_step.zero_sums())
+        if probe is not None:
+          record.update(probe(state))
+        return state, record
+
+      _, history = jax.lax.scan(epoch, state, order)
+      return history
+
+    fn = jax.jit(jax.vmap(run), compiler_options=self.compiler_options)
+    device = self.mesh.devices.flat[0]
+    with jax.default_device(device):
+      history = fn(jnp.asarray(seeds, jnp.int32), jnp.asarray(idx))
+    out = jax.tree.map(np.asarray, history)
+    out["telemetry_names"] = self.telemetry_names()
+    return out
 
 
 def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
                        max_steps: int | None = None) -> dict[str, Any]:
-  """Trains and evaluates; checkpoints and resumes from ``workdir``.
+  """``Trainer.from_config(config).fit(workdir, ...)`` with the config's
+  checkpoint and logging fields.
 
   Args:
     config: the run's ``ml_collections.ConfigDict``.
     workdir: output directory: ``metrics.jsonl``, ``tensorboard/``,
       ``checkpoints/``. A checkpoint there is resumed.
-    mesh: device mesh (default: all devices).
-    max_steps: stop after this global step without a final checkpoint, as a
-      preempted job would (for time-boxed runs and resume tests).
+    mesh: device mesh (default: ``config.num_devices`` devices).
+    max_steps: stop after this global step without a final checkpoint.
 
   Returns:
-    A summary: the per-epoch records, best and last test accuracy, the final
-    train loss, and timing.
+    :meth:`Trainer.fit`'s summary.
   """
   initialize_distributed(config)
-  os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, mesh)
-  writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True),
-                        stdout=config.get("log_to_stdout", True))
-  ckpt = Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
-  every = config.get("checkpoint_every_steps", 0) or 0
-  at_end = config.get("checkpoint_at_end", True)
-  stop = trainer.total_steps if max_steps is None else min(
-      max_steps, trainer.total_steps)
-  records = []
-  step = 0
-  if ckpt.latest_step() is not None:
-    step, state = ckpt.restore(trainer.state, config.get("restore_step"))
-    trainer.state = _own_buffers(jax.device_put(state, trainer.replicated))
-    records = writer.truncate_after(step)
-  spe = trainer.steps_per_epoch
-  show = config.get("progress", True) and jax.process_index() == 0
-  try:
-    while step < stop:
-      epoch, start_batch = divmod(step, spe)
-      bar = _progress(spe, f"epoch {epoch + 1}/{config.num_epochs}", show)
-      if bar is not None:
-        bar.update(start_batch)
-      t0 = time.perf_counter()
-      steps_run = 0
-      for batch in trainer.train_batches(epoch, start_batch):
-        if step == stop:
-          break
-        trainer.train_step(batch)
-        step += 1
-        steps_run += 1
-        if bar is not None:
-          bar.update(1)
-        if every and step % every == 0 and step % spe:
-          ckpt.save(step, trainer.state)
-      jax.block_until_ready(trainer.state)
-      seconds = time.perf_counter() - t0
-      if bar is not None:
-        bar.close()
-      if step % spe:  # stopped inside the epoch (max_steps)
-        break
-      record = {"step": step, "epoch": epoch + 1, **trainer.take_epoch_sums(),
-                **trainer.evaluate()}
-      best = max([r["test_accuracy"] for r in records] +
-                 [record["test_accuracy"]])
-      record.update(
-          best_test_accuracy=best, epoch_seconds=seconds,
-          images_per_second=steps_run * config.batch_size / max(seconds,
-                                                                 1e-9),
-          learning_rate=float(_build.build_schedule(config, spe)(step - 1)))
-      records.append(record)
-      writer.write(record)
-      if (every and step % every == 0) or (
-          at_end and step == trainer.total_steps):
-        ckpt.save(step, trainer.state)
-  finally:
-    ckpt.close()
-    writer.close()
-  last = records[-1] if records else {}
-  return {
-      "records": records,
-      "last_test_accuracy": last.get("test_accuracy"),
-      "best_test_accuracy": max((r["test_accuracy"] for r in records),
-                                default=None),
-      "final_train_loss": last.get("train_loss"),
-      "state": trainer.state,
-  }
+  trainer = Trainer.from_config(config, mesh)
+  return trainer.fit(
+      workdir, max_steps=max_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      checkpoint_at_end=config.checkpoint_at_end,
+      keep_checkpoints=config.keep_checkpoints,
+      restore_step=config.restore_step, tensorboard=config.tensorboard,
+      log_to_stdout=config.log_to_stdout, progress=config.progress)

@@ -212,22 +212,9 @@ def _shrunk(name, arg, folders, **overrides):
 class _ShapeTrainer(training.Trainer):
   """A Trainer whose state holds shapes only: it traces, never compiles."""
 
-  def _init_state(self):
-    shape = (1,) + tuple(self.dataset.image_shape)
-    variables = jax.eval_shape(
-        lambda key: flax.core.unfreeze(self.model.init(
-            key, jnp.zeros(shape, jnp.float32), train=False)), self.rng)
-    params = variables.pop("params")
-    self.tx, self.uses_points = training.build_optimizer(
-        self.config, steps_per_epoch=self.steps_per_epoch, params=params,
-        num_points=self.num_points)
-    zero = jnp.zeros((), jnp.float32)
-    self.state = jax.eval_shape(
-        lambda p, v: training.TrainState(
-            step=jnp.zeros((), jnp.int32), params=p, model_state=v,
-            opt_state=self.tx.init(p),
-            sums={"loss": zero, "correct": zero, "count": zero}),
-        params, variables)
+  def init_state(self, seed):
+    return jax.eval_shape(lambda: training.init_state(
+        self.model, self.tx, seed, self.dataset.image_shape))
 
 
 # Tracing a full train step of these takes 3-8 s each on CPU; they get the
@@ -264,18 +251,18 @@ TRACED = [p for p in TRACED if p not in SHAPES_ONLY]
 @pytest.mark.parametrize("name,arg", TRACED,
                          ids=[f"{n}:{a}" for n, a in TRACED])
 def test_full_size_train_step_traces(name, arg, folders):
-  trainer = _ShapeTrainer(_shrunk(name, arg, folders))
+  trainer = _ShapeTrainer.from_config(_shrunk(name, arg, folders))
   size = _image_size(name, arg)
   batch = {"image": jax.ShapeDtypeStruct((8, size, size, 3), jnp.uint8),
            "label": jax.ShapeDtypeStruct((8,), jnp.int32)}
-  state, metrics = jax.eval_shape(trainer._train_step_fn, trainer.state,
-                                  batch)
+  state, metrics = jax.eval_shape(trainer.step_fn, trainer.state, batch)
   assert jax.tree.map(lambda s: (s.shape, s.dtype), state.params) == (
       jax.tree.map(lambda s: (s.shape, s.dtype), trainer.state.params))
   assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
   c = trainer.config
   if c.amplification.enabled:
-    assert trainer.uses_points and trainer.num_points > 0
+    assert trainer.amplification_points
+    assert trainer.model.num_amplification_points > 0
   if c.act.startswith("n"):  # ANAct keeps its running factor in batch_stats
     leaves = jax.tree_util.tree_leaves_with_path(state.model_state)
     assert any("NSwish" in str(p) or "NReLU" in str(p) or "lambda" in str(p)
@@ -333,7 +320,7 @@ def test_real_steps_one_config_per_file(name, arg, overrides, folders,
                                          fast_compile):
   del fast_compile
   c = _shrunk(name, arg, folders, **overrides)
-  trainer = training.Trainer(c)
+  trainer = training.Trainer.from_config(c)
   before = jax.device_get(trainer.state.params)
   # Two steps: with warm-up the first step's learning rate is 0.
   losses = [float(trainer.train_step(batch)["loss"])
@@ -344,7 +331,7 @@ def test_real_steps_one_config_per_file(name, arg, overrides, folders,
   assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(after))
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(after), jax.tree.leaves(before)))
-  assert trainer.uses_points == c.amplification.enabled
+  assert trainer.amplification_points == c.amplification.enabled
 
 
 # ---------------------------------------------------------------- README

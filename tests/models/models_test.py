@@ -33,6 +33,7 @@ PARAM_COUNTS = {
     "resnet34": 21_282_122,
     "resnet50": 23_520_842,
     "resnet101": 42_512_970,
+    "resnet8": 75_290,
     "resnet20": 269_722,
     "resnet56": 853_018,
     "preact_resnet18": 11_171_146,
@@ -55,7 +56,8 @@ PARAM_COUNTS = {
 # block + final (MobileNetV2), one per conv / hidden Dense (LeNet, MLP).
 POINTS = {
     "resnet18": 1 + 2 * 8, "resnet34": 1 + 2 * 16, "resnet50": 1 + 3 * 16,
-    "resnet101": 1 + 3 * 33, "resnet20": 1 + 2 * 9, "resnet56": 1 + 2 * 27,
+    "resnet101": 1 + 3 * 33, "resnet8": 1 + 2 * 3,
+    "resnet20": 1 + 2 * 9, "resnet56": 1 + 2 * 27,
     "preact_resnet18": 2 * 8, "vgg16": 13, "vgg19": 16,
     "densenet121": 2 * 58 + 4, "mobilenet_v2": 2 + 3 * 17, "lenet": 4,
     "sigmoid_lenet": 4, "mlp": 4, "imagenet_resnet18": 1 + 2 * 8,
@@ -372,3 +374,19 @@ def test_mlp_dropout_masks_and_rescales_hidden_units_in_training_only():
   with pytest.raises(ValueError, match="dropout_rate must be in"):
     models.MLP(features=(4,), dropout_rate=1.0).init(
         jax.random.key(0), x, train=False)
+
+
+def test_mlp_init_scale_multiplies_every_kernels_variance():
+  x = jnp.ones((2, 4, 4, 1))
+  key = jax.random.key(3)
+  base = models.MLP(features=(8, 8), num_classes=3).init(key, x, train=False)
+  scaled = models.MLP(features=(8, 8), num_classes=3, init_scale=0.25).init(
+      key, x, train=False)
+  for name in ("fc1", "fc2", "head"):
+    np.testing.assert_allclose(scaled["params"][name]["kernel"],
+                               0.5 * base["params"][name]["kernel"],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(scaled["params"][name]["bias"],
+                                  base["params"][name]["bias"])
+  with pytest.raises(ValueError, match="init_scale must be positive"):
+    models.MLP(features=(8,), init_scale=0.0).init(key, x, train=False)

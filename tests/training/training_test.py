@@ -40,7 +40,7 @@ def _config(**overrides):
 
 
 def _losses(config, mesh, steps=6):
-  trainer = training.Trainer(config, mesh)
+  trainer = training.Trainer.from_config(config, mesh)
   out = []
   for i, batch in enumerate(trainer.train_batches(0)):
     if i == steps:
@@ -135,7 +135,7 @@ def test_damaged_checkpoint_is_a_clear_error_and_earlier_ones_are_kept(
 ])
 def test_config_errors_name_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
-    training.Trainer(_config(**{field: value}))
+    training.Trainer.from_config(_config(**{field: value}))
 
 
 def test_gaaf_amplitude_only_for_gaaf():
@@ -163,7 +163,7 @@ _WORKER = textwrap.dedent("""
                         "distributed.process_id": pid}})
     training.initialize_distributed(config)
     assert jax.process_count() == 2 and jax.device_count() == 4
-    trainer = training.Trainer(config)
+    trainer = training.Trainer.from_config(config)
     losses = []
     for i, batch in enumerate(trainer.train_batches(0)):
       if i == 6:
@@ -202,7 +202,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_half_precision_computes_in_bf16_and_keeps_f32_params():
-  trainer = training.Trainer(_config(half_precision=True))
+  trainer = training.Trainer.from_config(_config(half_precision=True),
+                                        training.make_mesh(1))
   batch = next(iter(trainer.train_batches(0)))
   loss = float(trainer.train_step(batch)["loss"])
   assert np.isfinite(loss) and 1.5 < loss < 3.5
