@@ -4,10 +4,12 @@
     python -m experiments.quickstart --dataset=folder:PATH --epochs=2
 
 Trains the same small model with plain SGD, SGD at the matched learning
-rate (``lr * alpha * beta``, GAF's slope at 0, see METHODS.md), SGD+GAF,
+rate (``lr * alpha * beta``, GAF's slope at 0, see docs/methods.md), SGD+GAF,
 Adam, Adam+GAF, GAAF and ANAct activations, and gradient amplification,
 for several seeds, through the library's training system
-(:func:`gaf_optax.training.train_and_evaluate`). Prints a table of final and
+(``gaf_optax.training.Trainer.from_config(config).fit()``, the path of
+``experiments/main.py``; each arm is a few fields of the locked default
+config, so a misspelled field is an error). Prints a table of final and
 best test accuracy, final train loss and wall time (mean +- std over seeds),
 and writes ``results.json`` and ``curves.png`` to ``--out``.
 
@@ -22,11 +24,11 @@ import argparse
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
 
+from experiments import common
 from experiments.configs import default
 from gaf_optax import training
 
@@ -63,10 +65,10 @@ def base_config(args):
   c.num_epochs = args.epochs
   c.batch_size = args.batch_size
   c.eval_batch_size = 512
+  c.num_devices = args.num_devices
   c.learning_rate = args.lr
   c.weight_decay = 1e-4
   c.gaf.alpha, c.gaf.beta = 0.3, 4.5
-  c.checkpoint_at_end = False  # throw-away runs
   c.progress = False
   c.tensorboard = False
   c.log_to_stdout = False
@@ -74,7 +76,13 @@ def base_config(args):
 
 
 def arm_config(base, overrides, seed):
+  """The base config with an arm's overrides (dotted names) and seed.
+
+  Raises:
+    AttributeError: an override names a field the config does not have.
+  """
   c = base.copy_and_resolve_references()
+  c.lock()
   c.seed = seed
   for key, value in overrides.items():
     if key == "learning_rate_scale":
@@ -83,15 +91,9 @@ def arm_config(base, overrides, seed):
     target = c
     *path, leaf = key.split(".")
     for part in path:
-      target = target[part]
-    target[leaf] = value
+      target = getattr(target, part)
+    setattr(target, leaf, value)  # locked: an unknown field raises
   return c
-
-
-def _mean_std(values):
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1)) if len(
-      values) > 1 else 0.0
 
 
 def run(args) -> dict:
@@ -102,11 +104,12 @@ def run(args) -> dict:
     overrides, description = ARMS[arm]
     runs = []
     for seed in range(args.seeds):
-      with tempfile.TemporaryDirectory() as workdir:
-        t0 = time.perf_counter()
-        summary = training.train_and_evaluate(
-            arm_config(base, overrides, seed), workdir)
-        seconds = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      # No workdir: throw-away runs write no files or checkpoints.
+      summary = training.Trainer.from_config(
+          arm_config(base, overrides, seed)).fit(progress=False,
+                                                 log_to_stdout=False)
+      seconds = time.perf_counter() - t0
       records = summary["records"]
       runs.append({
           "seed": seed,
@@ -126,24 +129,23 @@ def run(args) -> dict:
 
 
 def table(results) -> str:
-  lines = [
-      "| method | final test acc | best test acc | final train loss | "
-      "time/run (s) |",
-      "|---|---|---|---|---|"]
+  """Mean +- std over seeds (``common.mean_std``); accuracies in %."""
+  rows = []
   for arm, res in results["arms"].items():
-    cells = []
-    for key in ("final_test_accuracy", "best_test_accuracy",
-                "final_train_loss", "seconds"):
-      m, s = _mean_std([r[key] for r in res["runs"]])
-      cells.append(f"{m:.4f} +- {s:.4f}" if key != "seconds" else f"{m:.1f}")
-    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    runs = res["runs"]
+    rows.append([
+        arm,
+        common.mean_std([100 * r["final_test_accuracy"] for r in runs], 2),
+        common.mean_std([100 * r["best_test_accuracy"] for r in runs], 2),
+        common.mean_std([r["final_train_loss"] for r in runs], 4),
+        f"{np.mean([r['seconds'] for r in runs]):.1f}"])
+  return "\n".join(common.table(
+      ["method", "final test acc %", "best test acc %", "final train loss",
+       "time/run (s)"], rows))
 
 
 def plot(results, path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for arm, res in results["arms"].items():
     epochs = res["runs"][0]["curve"]["epoch"]
@@ -175,6 +177,8 @@ def parse_args(argv=None):
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--lr", type=float, default=0.02)
   p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--num_devices", type=int, default=None,
+                 help="devices of the data-parallel mesh (default: all)")
   p.add_argument("--arms", nargs="*", default=None, choices=list(ARMS))
   p.add_argument("--out", default="quickstart_results")
   return p.parse_args(argv)

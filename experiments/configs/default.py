@@ -1,6 +1,10 @@
 """Default training config; other configs override it.
 
-Every field used by ``gaf_optax.training`` is listed here with its default.
+Every field used by ``gaf_optax.training`` is listed here with its default,
+and this is the only place a default lives: ``Trainer.from_config`` reads
+the fields without defaulting them. The config is locked, so setting a
+misspelled field is an error (``model_kwargs`` alone stays open: it is the
+model constructor's keyword arguments).
 """
 
 import ml_collections
@@ -97,4 +101,6 @@ def get_config() -> ml_collections.ConfigDict:
       "local_device_ids": ml_collections.FieldReference(None,
                                                         field_type=list),
   })
+  c.lock()
+  c.model_kwargs.unlock()
   return c

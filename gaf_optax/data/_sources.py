@@ -279,7 +279,12 @@ def _stack(images: Sequence[np.ndarray], names: Sequence[str],
 def _decode_folder(path: str) -> dict[str, np.ndarray]:
   """Reads and decodes a folder or archive: arrays for the cache."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"image folder {path!r} does not exist")
+    raise FileNotFoundError(
+        f"image folder {path!r} does not exist; folder:PATH wants "
+        "PATH/train/<class>/<image> and PATH/test/<class>/<image>, or a "
+        ".tar.gz of that layout (for CIFAR-10 from TFDS instead, prepare it "
+        "with 'tfds build cifar10 --file_format=array_record' and use "
+        "'cifar10')")
   exts = _image_extensions()
   found: dict[str, list[tuple[str, str, Any]]] = {s: [] for s in _SPLITS}
   if _is_tar(path):
@@ -358,7 +363,12 @@ def folder(path: str, *, cache_dir: str | None = None,
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(f"image folder {path!r} does not exist")
+    raise FileNotFoundError(
+        f"image folder {path!r} does not exist; folder:PATH wants "
+        "PATH/train/<class>/<image> and PATH/test/<class>/<image>, or a "
+        ".tar.gz of that layout (for CIFAR-10 from TFDS instead, prepare it "
+        "with 'tfds build cifar10 --file_format=array_record' and use "
+        "'cifar10')")
   cache_dir = cache_dir or default_cache_dir()
   cache_file = os.path.join(cache_dir, f"folder-{_cache_key(path)}.npz")
   arrays = None

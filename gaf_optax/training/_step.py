@@ -88,8 +88,10 @@ class Preprocess:
   Attributes:
     mean: per-channel mean in [0, 1] units (``Dataset.mean``).
     std: per-channel standard deviation (``Dataset.std``).
-    augment: random crop and flip in training (:func:`gaf_optax.data.
-      preprocess`); evaluation never augments.
+    augment: random crop and flip in training, the CIFAR recipe
+      (:func:`gaf_optax.data.preprocess`); off by default, since flipping
+      or cropping is wrong for some data (digits, text-like images);
+      evaluation never augments.
     crop_padding: padding of the random crop (0: no crop).
     flip: random horizontal flips.
     dtype: the compute dtype of the images (bf16 for half precision).
@@ -97,7 +99,7 @@ class Preprocess:
 
   mean: Any
   std: Any
-  augment: bool = True
+  augment: bool = False
   crop_padding: int = 4
   flip: bool = True
   dtype: Any = jnp.float32

@@ -112,7 +112,9 @@ class Trainer:
     eval_batch_size: evaluation batch size (default ``batch_size``).
     mesh: the device mesh (default: all devices).
     preprocess: the on-device image pipeline (default: normalise with the
-      dataset's statistics, CIFAR crop + flip in training).
+      dataset's statistics, no augmentation;
+      ``Preprocess.for_dataset(dataset, augment=True)`` adds the CIFAR crop
+      + flip in training).
     amplification_points: the chain's controller drives the model's
       amplification points (its ``update`` gets ``layer_stats=``).
     telemetry: per-step diagnostics (:class:`Telemetry`); None: only the
@@ -129,8 +131,7 @@ class Trainer:
     >>> trainer = training.Trainer(
     ...     models.MLP(features=(32,), num_classes=10),
     ...     gaf_optax.sgd_gaf(0.1, momentum=0.9), ds, batch_size=64,
-    ...     num_epochs=2, mesh=training.make_mesh(1),
-    ...     preprocess=training.Preprocess.for_dataset(ds, augment=False))
+    ...     num_epochs=2, mesh=training.make_mesh(1))
     >>> summary = trainer.fit(progress=False, log_to_stdout=False)
     >>> [r["epoch"] for r in summary["records"]]
     [1, 2]

@@ -167,7 +167,8 @@ def test_folder_without_images_is_a_clear_error(tmp_path):
 
 def test_folder_missing_path_and_mixed_sizes(tmp_path):
   pytest.importorskip("PIL")
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(FileNotFoundError, match="does not exist; folder:PATH "
+                     "wants PATH/train/<class>/<image>"):
     data.get(f"folder:{tmp_path / 'nope'}")
   rng = np.random.default_rng(0)
   for split, size in (("train", 4), ("test", 4)):

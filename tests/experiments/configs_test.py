@@ -201,8 +201,9 @@ def _image_size(name, arg):
 def _shrunk(name, arg, folders, **overrides):
   c = FILES[name].get_config(arg)
   c.dataset = folders[_image_size(name, arg)]
-  c.batch_size = 8  # tests run on 8 simulated CPU devices (conftest.py)
+  c.batch_size = 8
   c.eval_batch_size = 8
+  c.num_devices = 1  # sharding is tested in tests/training
   c.num_epochs = 1
   c.progress = c.tensorboard = c.log_to_stdout = False
   c.update(overrides)

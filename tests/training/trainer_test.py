@@ -31,8 +31,6 @@ def digits():
 def _trainer(ds, model=None, tx=None, **kwargs):
   kwargs.setdefault("batch_size", 64)
   kwargs.setdefault("num_epochs", 2)
-  kwargs.setdefault("preprocess", training.Preprocess.for_dataset(
-      ds, augment=False))
   return training.Trainer(
       model or models.MLP(features=(32, 32), num_classes=10),
       tx or optax.sgd(0.05, 0.9), ds, mesh=training.make_mesh(1), **kwargs)
@@ -86,7 +84,7 @@ def test_fit_seeds_equals_fit_for_every_seed(digits, case):
     model = models.MLP(features=(16, 16), num_classes=10, dropout_rate=0.2)
     tx = gaf_optax.sgd_gaf(0.05, 0.9)
     kwargs = dict(preprocess=training.Preprocess.for_dataset(
-        digits, crop_padding=1))
+        digits, augment=True, crop_padding=1))
   seeds = [0, 3]
   both = _trainer(digits, model, tx, **kwargs).fit_seeds(seeds)
   for i, seed in enumerate(seeds):

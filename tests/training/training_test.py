@@ -27,6 +27,7 @@ def _config(**overrides):
   c.eval_batch_size = 512
   c.num_epochs = 2
   c.learning_rate = 0.05
+  c.num_devices = 1  # tests that shard pass their own mesh
   c.progress = False
   c.tensorboard = False
   c.log_to_stdout = False
@@ -135,7 +136,7 @@ def test_damaged_checkpoint_is_a_clear_error_and_earlier_ones_are_kept(
 ])
 def test_config_errors_name_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
-    training.Trainer.from_config(_config(**{field: value}))
+    training.Trainer.from_config(_config(**{field: value, "num_devices": 8}))
 
 
 def test_gaaf_amplitude_only_for_gaaf():
@@ -160,6 +161,7 @@ _WORKER = textwrap.dedent("""
     port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     config = _config(**{{"distributed.coordinator_address": f"127.0.0.1:{{port}}",
                         "distributed.num_processes": 2,
+                        "num_devices": None,
                         "distributed.process_id": pid}})
     training.initialize_distributed(config)
     assert jax.process_count() == 2 and jax.device_count() == 4

@@ -1,8 +1,8 @@
 """Study: GAF's theory claims on an ill-conditioned quadratic and a saddle.
 
-    python -m experiments.study_theory [--smoke] [--seeds N] [--out DIR]
+    python -m experiments.studies.theory [--smoke] [--seeds N] [--out DIR]
 
-METHODS.md section 1: the GAF paper (Liu et al., arXiv:2107.04228) proves,
+docs/methods.md, GAF: the GAF paper (Liu et al., arXiv:2107.04228) proves,
 under assumptions, faster convergence than SGD and relief of
 ill-conditioning and of saddle points; and near 0 ``alpha*atan(beta*g)`` is
 linear with slope ``alpha*beta``, so GAF at ``lr`` acts like GD at
@@ -44,10 +44,9 @@ import numpy as np
 import optax
 
 import gaf_optax
-from experiments import _study
+from experiments import common
 
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
-                           "study_theory")
+DEFAULT_OUT = common.results_dir("theory")
 
 # (alpha, beta) settings of GAF: the default and the authors' CIFAR sweep.
 GAF_SETTINGS = ((0.3, 4.5), (0.1, 20.0))
@@ -330,7 +329,7 @@ def report(cfg: Config, seeds, quad, saddle, command: str,
       f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` draws the start)  ",
       f"Wall time: {seconds:.0f} s (CPU)",
       "",
-      "Claims tested (METHODS.md section 1, Liu et al. arXiv:2107.04228): "
+      "Claims tested (docs/methods.md, GAF; Liu et al. arXiv:2107.04228): "
       "GAF converges faster than GD and relieves ill-conditioning and saddle "
       "points; and near 0 GAF with lr acts like GD with lr*alpha*beta. Full "
       "(deterministic) gradients; every arm uses the same grid of lr*L "
@@ -413,11 +412,11 @@ def report(cfg: Config, seeds, quad, saddle, command: str,
 
 
 def main(argv=None) -> dict:
-  parser = _study.parser(__doc__, DEFAULT_OUT, seeds=10)
+  parser = common.parser(__doc__, DEFAULT_OUT, seeds=10)
   args = parser.parse_args(argv)
   cfg = SMOKE if args.smoke else Config()
   seeds = tuple(range(3 if args.smoke else args.seeds))
-  command = _study.command("experiments.study_theory", argv)
+  command = common.command("experiments.studies.theory", argv)
   t0 = time.time()
   quad = run_quadratic(cfg, seeds)
   saddle = run_saddle(cfg, seeds)

@@ -1,10 +1,10 @@
 """Study 1: GAF on CIFAR-10 with a small ResNet, against every baseline.
 
-    python -m experiments.study_gaf_cifar [--smoke] [--seeds N] [--out DIR]
-        [--data DATASET] [--model resnet8|resnet20] [--train-size N]
+    python -m experiments.studies.gaf_cifar --data DATASET [--smoke]
+        [--seeds N] [--out DIR] [--model resnet8|resnet20] [--train-size N]
         [--test-size N] [--epochs E]
 
-The official GAF setup (METHODS.md section 1: SGD momentum 0.9, lr 0.1,
+The official GAF setup (docs/methods.md, GAF: SGD momentum 0.9, lr 0.1,
 batch 128-256, coupled weight decay 5e-4 on every parameter, cosine decay,
 random crop with padding 4 + flip, alpha/beta = 0.1/20), shrunk to fit about
 half an hour on a 2-core CPU: a ResNet-8 (the CIFAR ResNet of He et al. with
@@ -20,7 +20,7 @@ seed):
 
 - ``sgd``: SGD(0.1), the paper's baseline;
 - ``sgd_matched``: SGD(0.2) = SGD(lr * alpha * beta), GAF's slope at 0 (the
-  fair control METHODS.md asks for; not in the paper);
+  fair control docs/methods.md explains; not in the paper);
 - ``clip_norm`` / ``clip_value``: the official code's clipping baselines
   (global norm 0.1*pi/2, value 0.01*pi/2) before SGD(0.1);
 - ``sgd_gaf``: ``gaf_optax.sgd_gaf(0.1, alpha=0.1, beta=20)`` =
@@ -30,8 +30,8 @@ seed):
 - ``adam`` / ``adam_gaf``: Adam(1e-3) and ``gaf_optax.adam_gaf(1e-3)``
   (Adam_atan, official defaults alpha 0.1, beta 15).
 
-The training loop is ``experiments._cifar.train``. Writes ``results.md``,
-``results.json`` and ``curves.png`` to ``--out``.
+Every run is :meth:`gaf_optax.training.Trainer.fit` (one device). Writes
+``results.md``, ``results.json`` and ``curves.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ import numpy as np
 import optax
 
 import gaf_optax
-from experiments import _cifar
-from experiments import _study
+from experiments import common
 
-MODULE = "experiments.study_gaf_cifar"
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
-                           "study_gaf_cifar")
+MODULE = "experiments.studies.gaf_cifar"
+DEFAULT_OUT = common.results_dir("gaf_cifar")
+MODELS = ("resnet8", "resnet20")
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 ALPHA, BETA = 0.1, 20.0  # the paper's first pair; slope alpha*beta = 2
 ADAM_LR = 1e-3
@@ -90,18 +89,18 @@ ARMS = {
 }
 
 
-SMOKE = _cifar.Config(train_size=320, test_size=200, epochs=2, batch_size=64)
+SMOKE = common.CnnSetting(train_size=320, test_size=200, epochs=2,
+                          batch_size=64)
 
 
 def summarize(results: dict) -> dict:
   """Per arm: arrays over seeds of the reported numbers."""
   summary = {}
   for arm, runs in results.items():
-    test = _cifar.test_accuracies(runs)
+    test = common.test_accuracies(runs)
     summary[arm] = {
         "final_test_acc": test[:, -1], "best_test_acc": test.max(1),
-        "final_train_loss": np.array([r["epochs"][-1]["train_loss"]
-                                      for r in runs]),
+        "final_train_loss": np.array([r["final_train_loss"] for r in runs]),
         "seconds": np.array([r["seconds"] for r in runs])}
   return summary
 
@@ -110,9 +109,9 @@ def report(cfg, seeds, summary, command, seconds) -> str:
   rows = []
   for arm, s in summary.items():
     rows.append([f"`{arm}`: {ARMS[arm][0]}",
-                 _study.mean_std(100 * s["final_test_acc"], 2),
-                 _study.mean_std(100 * s["best_test_acc"], 2),
-                 _study.mean_std(s["final_train_loss"], 3),
+                 common.mean_std(100 * s["final_test_acc"], 2),
+                 common.mean_std(100 * s["best_test_acc"], 2),
+                 common.mean_std(s["final_train_loss"], 3),
                  f"{s['seconds'].mean():.0f}"])
   lines = ["# Study 1: GAF on CIFAR-10, small ResNet, all baselines", "",
            f"Command: `{command}`  ",
@@ -124,22 +123,23 @@ def report(cfg, seeds, summary, command, seconds) -> str:
            "Mean +- std over seeds; accuracies in %, on the test subset. "
            "The train loss is the mean over the last epoch's batches "
            "(augmented, in training mode).", ""]
-  lines += _study.table(["arm", "final test acc", "best test acc",
+  lines += common.table(["arm", "final test acc", "best test acc",
                          "final train loss", "s per run"], rows)
   lines += ["", "![curves](curves.png)", ""]
   return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-  parser = _study.parser(__doc__, DEFAULT_OUT, data=True)
-  parser.add_argument("--model", choices=sorted(_cifar.MODELS), default=None)
+  parser = common.parser(__doc__, DEFAULT_OUT, data_arg=True)
+  parser.add_argument("--model", choices=MODELS, default=None)
   parser.add_argument("--train-size", type=int, default=None)
   parser.add_argument("--test-size", type=int, default=None)
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--arms", default=",".join(ARMS),
                       help="comma-separated arms (default: all)")
   args = parser.parse_args(argv)
-  cfg = SMOKE if args.smoke else _cifar.Config()
+  common.require_data(parser, args)
+  cfg = SMOKE if args.smoke else common.CnnSetting()
   overrides = {k: v for k, v in (("model", args.model),
                                  ("train_size", args.train_size),
                                  ("test_size", args.test_size),
@@ -150,26 +150,28 @@ def main(argv=None) -> dict:
   if unknown:
     parser.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
   seeds = tuple(range(args.seeds))
-  train, test, ds = _cifar.load(args.data, cfg)
-  model = _cifar.MODELS[cfg.model](num_classes=ds.num_classes)
+  ds = cfg.dataset(args.data, args.data_dir)
+  model = common.cnn_model(cfg, ds.num_classes)
+  multiplier = cfg.cosine(1.0)  # from 1 to 0 over the run
   t0 = time.time()
   results = {}
   for arm in arms:
     results[arm] = []
     for seed in seeds:
-      results[arm].append(_cifar.train(
-          cfg, model, lambda s, _: ARMS[arm][1](s), seed, train, test, ds,
+      results[arm].append(common.fit_cnn(
+          cfg, ds, model, ARMS[arm][1](multiplier), seed,
           fast_compile=args.smoke))
-      e = results[arm][-1]["epochs"][-1]
-      print(f"{arm} seed {seed}: test acc {e['test_acc']:.4f}, train loss "
-            f"{e['train_loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+      e = results[arm][-1]["records"][-1]
+      print(f"{arm} seed {seed}: test acc {e['test_accuracy']:.4f}, train "
+            f"loss {e['train_loss']:.4f} ({time.time() - t0:.0f} s)",
+            flush=True)
   summary = summarize(results)
   os.makedirs(args.out, exist_ok=True)
-  _cifar.plot_curves(results, cfg.describe(),
+  common.plot_curves(results, cfg.describe(),
                      os.path.join(args.out, "curves.png"))
-  text = report(cfg, seeds, summary, _study.command(MODULE, argv),
+  text = report(cfg, seeds, summary, common.command(MODULE, argv),
                 time.time() - t0)
-  _study.write(args.out, text, {"config": dataclasses.asdict(cfg),
+  common.write(args.out, text, {"config": dataclasses.asdict(cfg),
                                 "data": args.data, "seeds": list(seeds),
                                 "runs": results})
   print(text)

@@ -1,19 +1,20 @@
 """Benchmark: training throughput of a reference model (one jitted SGD step).
 
-    python -m experiments.bench_models --model resnet20 [--batch 128]
+    python -m experiments.benchmarks.models --model resnet20 [--batch 128]
         [--steps 10] [--dtype float32] [--variants default,cpu-no-ynn]
         [--compiler-option KEY=VALUE ...]
 
-Builds `gaf_optax.models.get(--model)`, compiles one training step (forward,
-backward, BatchNorm statistics, optax.sgd with momentum 0.9; parameters,
-statistics and optimizer state donated) on a fixed random batch, runs it
+Builds `gaf_optax.models.get(--model)` and a `gaf_optax.training.Trainer`
+with optax.sgd (momentum 0.9), compiles its training step (forward, backward,
+BatchNorm statistics, update; the state donated) on a fixed random batch,
+runs it
 `--steps` times and prints the compile time, the median step time (and the
 process CPU time per step), images per second and the peak resident memory
 of the process. Several `--variants` are compiled separately and timed
 interleaved, step by step, so that machine noise hits them alike. XLA flags
 are taken from the XLA_FLAGS environment variable as usual;
 `--compiler-option` sets XLA debug options for the training step alone
-(`jax.jit(...).lower(...).compile(compiler_options=...)`).
+(the Trainer's `compiler_options`).
 
 Variant `cpu-no-ynn` (`--cpu-no-ynn`; CPU only, the default options on
 other backends) compiles the step without XLA:CPU's YNNPACK library fusions
@@ -37,9 +38,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from gaf_optax import data
 from gaf_optax import models
+from gaf_optax import training
 
 # XLA:CPU debug options that route convolutions (and the rest) away from the
 # YNNPACK library fusions of recent jaxlib releases, to XLA's own Eigen-based
@@ -68,25 +72,6 @@ def compiler_options(cpu_no_ynn: bool = False,
     options.update(CPU_NO_YNN)
   options.update(extra or {})
   return options
-
-
-def make_step(model, tx):
-  def loss_fn(params, batch_stats, x, y):
-    logits, updates = model.apply({"params": params,
-                                   "batch_stats": batch_stats}, x,
-                                  train=True, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), y).mean()
-    return loss, updates.get("batch_stats", {})
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def step(params, batch_stats, opt_state, x, y):
-    (loss, batch_stats), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, batch_stats, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  return step
 
 
 VARIANTS = ("default", "cpu-no-ynn")
@@ -129,35 +114,34 @@ def main(argv=None) -> list[dict]:
 
   model = models.get(args.model, dtype=jnp.dtype(args.dtype))
   size = 224 if args.model.startswith("imagenet") else 32
-  x = jax.random.normal(jax.random.key(1), (args.batch, size, size, 3))
-  y = jax.random.randint(jax.random.key(2), (args.batch,), 0,
-                         model.num_classes)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0, impl="rbg"), x[:1])  # rbg: fast to compile
+  rng = np.random.default_rng(0)
+  src = data.ArraySource(
+      rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8),
+      rng.integers(0, model.num_classes, args.batch))
+  ds = data.Dataset("random", model.num_classes, (size, size, 3), src, src,
+                    np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32))
   tx = optax.sgd(0.1, momentum=0.9)
-  step = make_step(model, tx)
   print(f"{jax.devices()[0].device_kind} / {platform.processor() or '?'}; "
         f"{args.model} batch {args.batch} {args.dtype}")
 
   runs = {}
   for name in variants:
     options = compiler_options(name == "cpu-no-ynn", extra)
-    params = jax.tree.map(jnp.copy, variables["params"])
-    # LeNet and the MLP have no batch_stats.
-    batch_stats = jax.tree.map(jnp.copy, variables.get("batch_stats", {}))
-    state = (params, batch_stats, tx.init(params))
-    t0 = time.perf_counter()
-    compiled = step.lower(*state, x, y).compile(
+    trainer = training.Trainer(
+        model, tx, ds, batch_size=args.batch, mesh=training.make_mesh(1),
+        preprocess=training.Preprocess.for_dataset(ds, augment=False),
         compiler_options=options or None)
-    compile_s = time.perf_counter() - t0
-    *state, loss = compiled(*state, x, y)
+    (batch,) = list(trainer.train_batches(0))
+    t0 = time.perf_counter()  # the first call compiles
+    loss = trainer.train_step(batch)["loss"]
     jax.block_until_ready(loss)
-    runs[name] = dict(compiled=compiled, state=state, loss=loss, times=[],
+    compile_s = time.perf_counter() - t0
+    runs[name] = dict(trainer=trainer, batch=batch, loss=loss, times=[],
                       cpu=[], options=options, compile_s=compile_s)
   for _ in range(args.steps):
     for run in runs.values():
       t0, c0 = time.perf_counter(), time.process_time()
-      *run["state"], run["loss"] = run["compiled"](*run["state"], x, y)
+      run["loss"] = run["trainer"].train_step(run["batch"])["loss"]
       jax.block_until_ready(run["loss"])
       run["times"].append(time.perf_counter() - t0)
       run["cpu"].append(time.process_time() - c0)

@@ -1,6 +1,6 @@
 """Benchmark: one jitted optimizer update + apply, gaf_optax vs optax.
 
-    python -m experiments.bench_optimizer [--repeats 30] [--trees resnet18_cifar10,resnet50_imagenet]
+    python -m experiments.benchmarks.optimizer [--repeats 30] [--trees resnet18_cifar10,resnet50_imagenet]
 
 For each parameter tree (ResNet-18 CIFAR-10, 11.17M parameters; ResNet-50
 ImageNet, 25.6M) and each optimizer, compiles `params, state = step(params,
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import gaf_optax
-from experiments import param_trees
+from experiments.benchmarks import param_trees
 
 
 def optimizers() -> dict[str, optax.GradientTransformation]:
@@ -46,20 +46,13 @@ def _nbytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def _make_step(opt):
-  def step(params, state, grads):
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-  return jax.jit(step, donate_argnums=(0, 1))
-
-
 def bench_tree(tree_name: str, repeats: int) -> list[dict]:
   grads = param_trees.random_tree(tree_name, jax.random.key(1), scale=1e-2)
   runs = {}
   for name, opt in optimizers().items():
     params = param_trees.random_tree(tree_name, jax.random.key(0))
     state = opt.init(params)
-    step = _make_step(opt)
+    step = param_trees.update_step(opt)
     compiled = step.lower(params, state, grads).compile()
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", float("nan")) if mem else float("nan")

@@ -93,3 +93,17 @@ def parse_args(doc: str, default_trees: str, argv=None):
   if unknown:
     parser.error(f"unknown --trees {unknown}; known: {sorted(SHAPES)}")
   return args, trees
+
+
+def update_step(opt):
+  """A jitted optimizer update (``update`` + ``apply_updates``), donated.
+
+  What the optimizer benchmarks time: the optimizer alone, on given
+  gradients, with no model.
+  """
+  import optax  # pylint: disable=import-outside-toplevel
+
+  def step(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step, donate_argnums=(0, 1))

@@ -1,14 +1,15 @@
 """Study 5: gradient amplification over a learning-rate sweep (CIFAR-10).
 
-    python -m experiments.study_amplification [--smoke] [--seeds N]
-        [--out DIR] [--data DATASET]
+    python -m experiments.studies.amplification --data DATASET [--smoke]
+        [--seeds N] [--out DIR]
 
 The intelligent-amplification paper (Basodi et al. 2023) reports its gains
 "notably at higher learning rates", and with BatchNorm an amplified backward
-pass acts much like a larger learning rate (METHODS.md section 4). This
+pass acts much like a larger learning rate (docs/methods.md). This
 study sweeps the learning rate and puts every amplified run next to SGD at
 ``lr * factor``. Network and data: the ResNet-8 of study 1
-(``experiments._cifar``; amplification points after each BN of the residual
+(``gaf_optax.models.ResNet8``, trained by ``Trainer.fit``; amplification
+points after each BN of the residual
 branches and the stem, 7 points) on a class-balanced 5,000-image CIFAR-10
 training subset and 2,000 test images, downsampled to 16x16 (4x cheaper, so
 that 17 configurations x 3 seeds fit half an hour here), batch 128, 6
@@ -45,13 +46,11 @@ import numpy as np
 import optax
 
 import gaf_optax
-from experiments import _cifar
-from experiments import _study
+from experiments import common
 from gaf_optax import training
 
-MODULE = "experiments.study_amplification"
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
-                           "study_amplification")
+MODULE = "experiments.studies.amplification"
+DEFAULT_OUT = common.results_dir("amplification")
 LRS = (0.05, 0.1, 0.2, 0.4)
 FACTOR, START, END = 2.0, 1, 4
 WD = 5e-4
@@ -61,77 +60,79 @@ ARMS = {
     "cv": "cv-selected points (2023, our measure)",
     "weights": "weight-gradient variant (ours), cv",
 }
-CONFIG = _cifar.Config(train_size=5000, test_size=2000, epochs=6,
-                       image_size=16)
-SMOKE = _cifar.Config(train_size=320, test_size=200, epochs=3,
-                      batch_size=64)
+CONFIG = common.CnnSetting(train_size=5000, test_size=2000, epochs=6,
+                           image_size=16)
+SMOKE = common.CnnSetting(train_size=320, test_size=200, epochs=3,
+                          batch_size=64)
 
 
-def optimizer_factory(arm: str, lr: float, params, num_points: int,
-                      end_epoch: int):
-  """``make_optimizer`` of :func:`experiments._cifar.train` for an arm."""
-  def make(multiplier, steps_per_epoch):
-    sgd = optax.chain(optax.add_decayed_weights(WD),
-                      optax.sgd(lambda t: lr * multiplier(t), 0.9))
-    if arm == "sgd":
-      return sgd
-    kwargs = dict(factor=FACTOR, start_epoch=START, end_epoch=end_epoch)
-    if arm == "weights":
-      labels, num_layers = training.layer_labels(params)
-      controller = gaf_optax.gradient_amplification(
-          num_layers, steps_per_epoch, selection="cv", labels=labels,
-          **kwargs)
-    else:
-      controller = gaf_optax.gradient_amplification(
-          num_points, steps_per_epoch, selection=arm, **kwargs)
-    return optax.chain(controller, sgd)
-  return make
+def make_optimizer(cfg: common.CnnSetting, arm: str, lr: float, params,
+                   num_points: int, end_epoch: int):
+  """An arm's optimizer: SGD with cosine decay, the controller first."""
+  sgd = optax.chain(optax.add_decayed_weights(WD),
+                    optax.sgd(cfg.cosine(lr), 0.9))
+  if arm == "sgd":
+    return sgd
+  kwargs = dict(factor=FACTOR, start_epoch=START, end_epoch=end_epoch)
+  if arm == "weights":
+    labels, num_layers = training.layer_labels(params)
+    controller = gaf_optax.gradient_amplification(
+        num_layers, cfg.steps_per_epoch(), selection="cv", labels=labels,
+        **kwargs)
+  else:
+    controller = gaf_optax.gradient_amplification(
+        num_points, cfg.steps_per_epoch(), selection=arm, **kwargs)
+  return optax.chain(controller, sgd)
 
 
-def run(cfg: _cifar.Config, dataset: str, seeds, lrs=LRS,
+def run(cfg: common.CnnSetting, dataset: str, seeds, lrs=LRS, data_dir=None,
         fast_compile=False) -> dict:
   """``{arm: {lr: [run per seed]}}``."""
-  train, test, ds = _cifar.load(dataset, cfg)
-  model = _cifar.MODELS[cfg.model](num_classes=ds.num_classes)
-  params = model.init(jax.random.key(0), train.images[:1],
-                      train=False)["params"]
+  ds = cfg.dataset(dataset, data_dir)
+  model = common.cnn_model(cfg, ds.num_classes)
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, *ds.image_shape), np.float32),
+      train=False))["params"]
   end_epoch = min(END, cfg.epochs - 1)
   results = {arm: {} for arm in ARMS}
   t0 = time.time()
   for arm in ARMS:
     arm_lrs = tuple(lrs) + ((FACTOR * lrs[-1],) if arm == "sgd" else ())
     for lr in arm_lrs:
-      make = optimizer_factory(arm, lr, params, model.num_amplification_points,
-                               end_epoch)
+      tx = make_optimizer(cfg, arm, lr, params,
+                          model.num_amplification_points, end_epoch)
+      points = arm in ("random", "cv")
+      # Points arms record the controller's factors at every step.
+      telemetry = training.Telemetry(layers=False) if points else None
       results[arm][lr] = [
-          _cifar.train(cfg, model, make, seed, train, test, ds,
-                       amplification=arm in ("random", "cv"),
-                       fast_compile=fast_compile) for seed in seeds]
-      acc = _cifar.test_accuracies(results[arm][lr])[:, -1]
+          common.fit_cnn(cfg, ds, model, tx, seed,
+                         amplification_points=points, telemetry=telemetry,
+                         fast_compile=fast_compile) for seed in seeds]
+      acc = common.test_accuracies(results[arm][lr])[:, -1]
       print(f"{arm} lr {lr:g}: test acc {np.round(acc, 4)} "
             f"({time.time() - t0:.0f} s)", flush=True)
   return results
 
 
 def _final(runs) -> np.ndarray:
-  return 100 * _cifar.test_accuracies(runs)[:, -1]
+  return 100 * common.test_accuracies(runs)[:, -1]
 
 
 def report(cfg, results: dict, lrs) -> list[str]:
   header = ["arm"] + [f"lr {lr:g}" for lr in lrs]
   rows = []
   for arm, by_lr in results.items():
-    rows.append([ARMS[arm]] + [_study.mean_std(_final(by_lr[lr]), 2)
+    rows.append([ARMS[arm]] + [common.mean_std(_final(by_lr[lr]), 2)
                                for lr in lrs])
   sgd = results["sgd"]
   rows.append([f"SGD at lr x {FACTOR:g} (matched)"] + [
-      _study.mean_std(_final(sgd[FACTOR * lr]), 2) if FACTOR * lr in sgd
+      common.mean_std(_final(sgd[FACTOR * lr]), 2) if FACTOR * lr in sgd
       else "-" for lr in lrs])
-  return _study.table(header, rows)
+  return common.table(header, rows)
 
 
 def plot(cfg, results: dict, lrs, path: str) -> None:
-  plt = _study.pyplot()
+  plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.8))
   for arm, by_lr in results.items():
     xs = sorted(by_lr)
@@ -158,17 +159,19 @@ def plot(cfg, results: dict, lrs, path: str) -> None:
 
 
 def main(argv=None) -> dict:
-  parser = _study.parser(__doc__, DEFAULT_OUT, data=True)
+  parser = common.parser(__doc__, DEFAULT_OUT, data_arg=True)
   args = parser.parse_args(argv)
+  common.require_data(parser, args)
   cfg = SMOKE if args.smoke else CONFIG
   lrs = (0.1,) if args.smoke else LRS
   seeds = tuple(range(args.seeds))
   t0 = time.time()
-  results = run(cfg, args.data, seeds, lrs, fast_compile=args.smoke)
+  results = run(cfg, args.data, seeds, lrs, args.data_dir,
+                fast_compile=args.smoke)
   os.makedirs(args.out, exist_ok=True)
   plot(cfg, results, lrs, os.path.join(args.out, "sweep.png"))
   lines = ["# Study 5: gradient amplification over a learning-rate sweep", "",
-           f"Command: `{_study.command(MODULE, argv)}`  ",
+           f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (seed s keys initialization, batch order "
            "and augmentation; every arm sees the same; the random selection "
            "uses the controller's own seed 0)  ",
@@ -180,7 +183,7 @@ def main(argv=None) -> dict:
   lines += report(cfg, results, lrs)
   lines += ["", "![sweep](sweep.png)", ""]
   text = "\n".join(lines)
-  _study.write(args.out, text, {
+  common.write(args.out, text, {
       "config": dataclasses.asdict(cfg), "seeds": list(seeds),
       "runs": {arm: {str(lr): r for lr, r in by_lr.items()}
                for arm, by_lr in results.items()}})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gaf_optax
-from experiments import bench_torch
+from experiments.benchmarks import torch_reference as bench_torch
 
 torch = pytest.importorskip("torch")
 

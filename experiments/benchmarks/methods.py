@@ -1,10 +1,10 @@
 """End-to-end train-step cost of each method, and data-parallel scaling.
 
-    python -m experiments.bench_methods --model resnet20 --batch 64 --rounds 7
-    python -m experiments.bench_methods --scaling --model resnet20 --batch 64
+    python -m experiments.benchmarks.methods --model resnet20 --batch 64
+    python -m experiments.benchmarks.methods --scaling --model resnet20
 
-Methods: the same jitted step (forward, backward, optimizer update, donated
-state) for plain SGD, SGD+GAF (``sgd_gaf``), the amplification controller
+Methods: the library's train step (``gaf_optax.training.Trainer``: forward,
+backward, optimizer update, donated state) for plain SGD, SGD+GAF (``sgd_gaf``), the amplification controller
 with points after every BN (per-point statistics from the same backward
 pass), GAAF ReLU and ANAct ReLU activations. Steps are timed interleaved,
 round by round, so machine noise hits every method alike; the script prints
@@ -19,7 +19,6 @@ same cores).
 from __future__ import annotations
 
 import argparse
-import functools
 import resource
 import sys
 import time
@@ -31,33 +30,40 @@ def _peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _random_dataset(size: int, count: int):
+  """Random uint8 images and labels as a ``gaf_optax.data.Dataset``."""
+  from gaf_optax import data  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  src = data.ArraySource(
+      rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+      rng.integers(0, 10, count))
+  return data.Dataset("random", 10, (size, size, 3), src, src,
+                      np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32))
+
+
 def build_steps(model_name: str, batch: int, methods, mesh=None):
-  """One jitted train step per method, with its donated state and inputs."""
+  """One :class:`gaf_optax.training.Trainer` per method, and its batch.
+
+  The timed call is ``Trainer.train_step``: the library's jitted step
+  (forward, backward, optimizer update, donated state) on a global batch,
+  without augmentation.
+  """
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
   import gaf_optax  # pylint: disable=g-import-not-at-top
   from gaf_optax import models  # pylint: disable=g-import-not-at-top
   from gaf_optax import nn as gnn  # pylint: disable=g-import-not-at-top
+  from gaf_optax import training  # pylint: disable=g-import-not-at-top
 
   size = 224 if model_name.startswith("imagenet") else 32
-  x = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
-  y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-  if mesh is not None:
-    x = jax.device_put(x, NamedSharding(mesh, P("data")))
-    y = jax.device_put(y, NamedSharding(mesh, P("data")))
+  ds = _random_dataset(size, batch)
   acts = {"gaaf": gnn.gaaf_relu, "anact": gnn.NReLU}
   steps = {}
   for method in methods:
     model = models.get(model_name, num_classes=10,
                        act=acts.get(method, flax.linen.relu))
-    variables = flax.core.unfreeze(jax.jit(
-        functools.partial(model.init, train=False))(jax.random.key(0),
-                                                     x[:1]))
-    params = variables.pop("params")
     sgd = optax.sgd(0.1, momentum=0.9)
     points = method == "amplification"
     if method == "sgd_gaf":
@@ -68,53 +74,27 @@ def build_steps(model_name: str, batch: int, methods, mesh=None):
           selection="random", ratio=0.5), sgd)
     else:
       tx = sgd
-
-    def step(params, model_state, opt_state, x, y, *, model=model, tx=tx,
-             points=points):
-      factors = gaf_optax.amplification_factors(opt_state) if points else None
-
-      def loss_fn(params, factors):
-        logits, new_state = model.apply(
-            {"params": params, **model_state}, x, train=True,
-            amp_factors=factors, mutable=list(model_state))
-        loss = optax.softmax_cross_entropy_with_integer_labels(
-            logits, y).mean()
-        return loss, new_state
-
-      if points:
-        (loss, new_state), (g, fg) = jax.value_and_grad(
-            loss_fn, argnums=(0, 1), has_aux=True)(params, factors)
-        updates, opt_state = tx.update(g, opt_state, params,
-                                       layer_stats=gnn.signal_norms(fg))
-      else:
-        (loss, new_state), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, None)
-        updates, opt_state = tx.update(g, opt_state, params)
-      return (optax.apply_updates(params, updates), new_state, opt_state,
-              loss)
-
-    state = (params, variables, tx.init(params))
-    if mesh is not None:
-      state = jax.device_put(state, NamedSharding(mesh, P()))
-    state = jax.tree.map(lambda a: a.copy(), state)
-    fn = jax.jit(step, donate_argnums=(0, 1, 2))
-    t0 = time.perf_counter()
-    compiled = fn.lower(*state, x, y).compile()
+    trainer = training.Trainer(
+        model, tx, ds, batch_size=batch, mesh=mesh or training.make_mesh(1),
+        preprocess=training.Preprocess.for_dataset(ds, augment=False),
+        amplification_points=points)
+    (local,) = list(trainer.train_batches(0))
+    t0 = time.perf_counter()  # the first call compiles
+    jax.block_until_ready(trainer.train_step(local)["loss"])
     compile_s = time.perf_counter() - t0
-    steps[method] = dict(fn=compiled, state=state, x=x, y=y,
-                         compile_s=compile_s, times=[])
+    steps[method] = dict(trainer=trainer, batch=local, compile_s=compile_s,
+                         times=[])
   return steps
 
 
 def time_steps(steps, rounds: int):
   import jax  # pylint: disable=g-import-not-at-top
   for s in steps.values():  # warm-up
-    *s["state"], loss = s["fn"](*s["state"], s["x"], s["y"])
-    jax.block_until_ready(loss)
+    jax.block_until_ready(s["trainer"].train_step(s["batch"])["loss"])
   for _ in range(rounds):
     for s in steps.values():
       t0 = time.perf_counter()
-      *s["state"], loss = s["fn"](*s["state"], s["x"], s["y"])
+      loss = s["trainer"].train_step(s["batch"])["loss"]
       jax.block_until_ready(loss)
       s["times"].append(time.perf_counter() - t0)
       s["loss"] = float(loss)

@@ -1,6 +1,6 @@
 """Benchmark: SGD_atanMom in PyTorch (the official code's way) vs gaf_optax.
 
-    python -m experiments.bench_torch [--repeats 30] [--trees resnet18_cifar10]
+    python -m experiments.benchmarks.torch_reference [--repeats 30] [--trees resnet18_cifar10]
 
 Needs PyTorch, an optional dependency of this benchmark only (the CPU build
 is enough: ``pip install torch --index-url
@@ -12,7 +12,7 @@ official GAF code writes its optimizers: a ``torch.optim.Optimizer`` whose
 place (weight decay, momentum buffer started at the first gradient,
 ``alpha * atan(beta * buf)``, then ``p -= lr * ...``). It is our own
 re-implementation of that rule, checked against ``gaf_optax.sgd_gaf`` in
-``tests/experiments/bench_torch_test.py`` (skipped without PyTorch).
+``tests/experiments/benchmarks/torch_reference_test.py`` (skipped without PyTorch).
 
 On the same parameter shapes (ResNet-18 CIFAR-10 by default: 62 tensors,
 11.17M parameters, float32) the benchmark times, interleaved round by round,
@@ -40,8 +40,7 @@ import numpy as np
 import optax
 
 import gaf_optax
-from experiments import bench_optimizer
-from experiments import param_trees
+from experiments.benchmarks import param_trees
 
 LR, MOMENTUM, WD, ALPHA, BETA = 0.1, 0.9, 5e-4, 0.1, 20.0
 
@@ -132,7 +131,7 @@ def bench(tree_name: str, repeats: int) -> list[dict]:
   for name, opt in jax_optimizers.items():
     box = {"params": param_trees.random_tree(tree_name, jax.random.key(0))}
     box["state"] = opt.init(box["params"])
-    step = bench_optimizer._make_step(opt)  # pylint: disable=protected-access
+    step = param_trees.update_step(opt)
 
     def call(box=box, step=step):
       box["params"], box["state"] = step(box["params"], box["state"], grads)

@@ -1,14 +1,15 @@
 """Study: vanishing gradients, SGD vs GAF vs GAAF vs ANAct vs amplification.
 
-    python -m experiments.study_vanishing [--smoke] [--seeds N] [--out DIR]
+    python -m experiments.studies.vanishing [--smoke] [--seeds N] [--out DIR]
 
 Networks where plain SGD stalls because gradients vanish: the sigmoid LeNet
 (the GAF code's vanishing-gradient model, ``gaf_optax.models.SigmoidLeNet``)
 and deep plain MLPs (``gaf_optax.models.MLP``) with saturating activations.
-Data: scikit-learn's 8x8 digits (no download; the split and standardization
-of :mod:`experiments.activations_digits`); LeNet needs 32x32 input, so the
-standardized images are upsampled bilinearly to 32x32 (CIFAR-10 would not fit
-this study's CPU time budget with several seeds and six arms).
+Data: scikit-learn's 8x8 digits (no download; ``gaf_optax.data.get("digits")``
+with its split and per-channel normalisation); LeNet needs 32x32 input, so
+the images are upsampled to 32x32 (``image_size=32``; CIFAR-10 would not fit
+this study's CPU time budget with several seeds and six arms). Every seed
+trains at once through :meth:`gaf_optax.training.Trainer.fit_seeds`.
 
 Arms, all with SGD momentum 0.9, the same batches (seeded), the same
 initialization per seed and the same learning rate ``lr`` per setting:
@@ -26,8 +27,8 @@ initialization per seed and the same learning rate ``lr`` per setting:
 Recorded per epoch: mean training loss, test accuracy, and per layer the
 norm of the kernel gradient the optimizer receives (averaged over the
 epoch's steps; for ``amplification`` it includes the amplification) and the
-backpropagated signal norm at each amplification point (``jax.grad`` with
-respect to the model's ``amp_factors``, then ``gaf_optax.nn.signal_norms``).
+backpropagated signal norm at each amplification point: the trainer's
+telemetry (``layer_grad_norm``, ``signal_norms`` with ``signals=True``).
 Writes ``results.md`` (tables, mean +- std over seeds, the command),
 ``results.json`` and one ``grad_norms_<setting>.png`` per setting (one panel
 per arm, one line per layer, mean over seeds) to ``--out``.
@@ -39,24 +40,21 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import time
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import gaf_optax
-from experiments import _study
-from experiments.activations_digits import _xent
-from experiments.activations_digits import digits
+from experiments import common
+from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
+from gaf_optax import training
 
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results",
-                           "study_vanishing")
+DEFAULT_OUT = common.results_dir("vanishing")
 ALPHA, BETA = 0.3, 4.5  # sgd_gaf's defaults (SGD_atanMom)
 MOMENTUM = 0.9
 
@@ -128,7 +126,8 @@ def build_model(setting: Setting, arm: str) -> nn.Module:
     act = base
   if setting.model == "lenet":
     return models.LeNet(act=act)
-  return models.MLP(features=(setting.width,) * setting.depth, act=act)
+  return models.MLP(features=(setting.width,) * setting.depth, act=act,
+                    init_scale=setting.init_scale)
 
 
 def build_optimizer(setting: Setting, arm: str, num_points: int,
@@ -148,100 +147,32 @@ def build_optimizer(setting: Setting, arm: str, num_points: int,
 
 
 @functools.cache
-def dataset(model: str):
-  """Digits as the model wants them: flat (MLP) or 32x32x1 (LeNet)."""
-  xtr, ytr, xte, yte = digits()
-  if model == "lenet":
-    def up(x):
-      x = jnp.asarray(x).reshape(-1, 8, 8, 1)
-      return np.asarray(jax.image.resize(x, (len(x), 32, 32, 1), "bilinear"))
-    xtr, xte = up(xtr), up(xte)
-  return xtr, ytr, xte, yte
-
-
-def layer_names(params) -> list[str]:
-  """Parameter groups with a kernel, in forward order (conv, fc, head)."""
-  def key(name):
-    order = {"conv": 0, "fc": 1, "head": 2}
-    prefix = re.match(r"[a-z]+", name).group(0)
-    number = re.search(r"\d+", name)
-    return order.get(prefix, 3), int(number.group(0)) if number else 0
-  return sorted((n for n in params if "kernel" in params[n]), key=key)
-
-
-def _train_impl(setting, arm, seeds, xtr, ytr, xte, yte):
-  model = build_model(setting, arm)
-  num_points = model.num_amplification_points
-  steps = len(xtr) // setting.batch_size
-  tx = build_optimizer(setting, arm, num_points, steps)
-
-  def run(seed):
-    key = jax.random.key(seed)
-    variables = model.init(key, xtr[:2], train=True)
-    params = variables["params"]
-    stats = variables.get("batch_stats", {})
-    if setting.init_scale != 1.0:
-      params = {n: {**p, "kernel": p["kernel"] * jnp.sqrt(setting.init_scale)}
-                for n, p in params.items()}
-    names = layer_names(params)
-
-    def loss_fn(params, factors, stats, x, y):
-      logits, updates = model.apply(
-          {"params": params, "batch_stats": stats}, x, train=True,
-          amp_factors=factors, mutable=["batch_stats"])
-      return _xent(logits, y), updates.get("batch_stats", {})
-
-    def step(carry, idx):
-      params, stats, opt_state = carry
-      if arm == "amplification":
-        factors = gaf_optax.amplification_factors(opt_state)
-      else:
-        factors = jnp.ones((num_points,), jnp.float32)  # identity points
-      (loss, stats), (grads, fgrads) = jax.value_and_grad(
-          loss_fn, argnums=(0, 1), has_aux=True)(
-              params, factors, stats, xtr[idx], ytr[idx])
-      signals = gnn.signal_norms(fgrads)
-      extra = {"layer_stats": signals} if arm == "amplification" else {}
-      updates, opt_state = tx.update(grads, opt_state, params, **extra)
-      params = optax.apply_updates(params, updates)
-      gnorms = jnp.stack([jnp.linalg.norm(grads[n]["kernel"]) for n in names])
-      return (params, stats, opt_state), (loss, gnorms, signals, factors)
-
-    def epoch(carry, e):
-      order = jax.random.permutation(jax.random.fold_in(key, e), len(xtr))
-      idx = order[:steps * setting.batch_size].reshape(steps, -1)
-      carry, (loss, gnorms, signals, factors) = jax.lax.scan(step, carry, idx)
-      params, stats, _ = carry
-      logits = model.apply({"params": params, "batch_stats": stats}, xte,
-                           train=False)
-      acc = jnp.mean(jnp.argmax(logits, -1) == yte)
-      return carry, {"train_loss": loss.mean(), "test_acc": acc,
-                     "grad_norms": gnorms.mean(0),
-                     "signal_norms": signals.mean(0),
-                     "factors": factors.mean(0)}
-
-    carry = (params, stats, tx.init(params))
-    _, history = jax.lax.scan(epoch, carry, jnp.arange(setting.epochs))
-    return history
-
-  return jax.vmap(run)(seeds)
-
-
-_train = jax.jit(_train_impl, static_argnames=("setting", "arm"))
-_train_fast_compile = jax.jit(
-    _train_impl, static_argnames=("setting", "arm"),
-    compiler_options={"xla_backend_optimization_level": 0})
+def dataset(model: str) -> data.Dataset:
+  """Digits as the model wants them: 8x8 (the MLP flattens) or 32x32."""
+  return data.get("digits", image_size=32 if model == "lenet" else None)
 
 
 def train(setting: Setting, arm: str, seeds, fast_compile: bool = False):
-  """Per-epoch history, arrays ``[seeds, epochs, ...]``, and layer names."""
-  data = tuple(map(jnp.asarray, dataset(setting.model)))
-  fn = _train_fast_compile if fast_compile else _train
-  history = fn(setting, arm, jnp.asarray(seeds), *data)
+  """Per-epoch history, arrays ``[seeds, epochs, ...]``, and layer names.
+
+  Every seed at once through :meth:`gaf_optax.training.Trainer.fit_seeds`;
+  the per-layer kernel gradient norms and the points' signal norms are the
+  trainer's telemetry (epoch means), the factors its ``amp_factors``.
+  """
+  ds = dataset(setting.model)
   model = build_model(setting, arm)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), data[0][:2],
-                                             train=True))
-  return jax.tree.map(np.asarray, history), layer_names(shapes["params"])
+  steps = data.steps_per_epoch(ds, setting.batch_size)
+  tx = build_optimizer(setting, arm, model.num_amplification_points, steps)
+  h = common.fit_mlp_seeds(
+      model, tx, seeds, ds=ds, epochs=setting.epochs,
+      batch_size=setting.batch_size,
+      amplification_points=arm == "amplification",
+      telemetry=training.Telemetry(signals=True), fast_compile=fast_compile)
+  history = {"train_loss": h["train_loss"], "test_acc": h["test_accuracy"],
+             "grad_norms": h["layer_grad_norm"],
+             "signal_norms": h["signal_norms"],
+             "factors": h.get("amp_factors", np.ones_like(h["signal_norms"]))}
+  return history, h["telemetry_names"]["layer"]
 
 
 def epochs_to(acc: np.ndarray, level: float) -> str:
@@ -259,9 +190,7 @@ def epochs_to(acc: np.ndarray, level: float) -> str:
 
 def plot(setting: Setting, results: dict, path: str) -> None:
   """One panel per arm: per-layer kernel gradient norm over epochs."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
 
   arms = list(results)
   cols = 3
@@ -309,8 +238,8 @@ def report_setting(setting: Setting, results: dict, seconds: float) -> list[str]
     g = history["grad_norms"]
     geo = lambda v: float(np.exp(np.mean(np.log(np.maximum(v, 1e-30)))))
     lines.append(
-        f"| {DESCRIPTIONS[arm]} | {_study.mean_std(history['train_loss'][:, -1], 3)} | "
-        f"{_study.mean_std(100 * acc[:, -1], 1)} | {_study.mean_std(100 * acc.max(1), 1)} | "
+        f"| {DESCRIPTIONS[arm]} | {common.mean_std(history['train_loss'][:, -1], 3)} | "
+        f"{common.mean_std(100 * acc[:, -1], 1)} | {common.mean_std(100 * acc.max(1), 1)} | "
         f"{epochs_to(acc, 0.5)} | {geo(g[:, 0, 0]):.2e} -> "
         f"{geo(g[:, -1, 0]):.2e} | {geo(g[:, 0, -1]):.2e} -> "
         f"{geo(g[:, -1, -1]):.2e} |")
@@ -319,7 +248,7 @@ def report_setting(setting: Setting, results: dict, seconds: float) -> list[str]
 
 
 def main(argv=None) -> dict:
-  parser = _study.parser(__doc__, DEFAULT_OUT)
+  parser = common.parser(__doc__, DEFAULT_OUT)
   parser.add_argument("--settings", default="",
                       help="comma-separated setting names (default: all)")
   args = parser.parse_args(argv)
@@ -328,19 +257,19 @@ def main(argv=None) -> dict:
     wanted = args.settings.split(",")
     settings = tuple(s for s in settings if s.name in wanted)
   seeds = tuple(range(args.seeds))
-  command = _study.command("experiments.study_vanishing", argv)
+  command = common.command("experiments.studies.vanishing", argv)
   os.makedirs(args.out, exist_ok=True)
-  xtr, _, xte, _ = digits()
+  digits = dataset("mlp")
   t0 = time.time()
   lines = ["# Vanishing gradients: SGD vs GAF vs GAAF vs ANAct vs "
            "amplification", "",
            f"Command: `{command}`  ",
-           f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` initializes "
-           "the network and orders the batches; every arm sees the same)  ",
-           "Data: scikit-learn digits, "
-           f"{len(xtr)} train / {len(xte)} test (train_test_split "
-           "random_state=0), standardized; LeNet input upsampled bilinearly "
-           "to 32x32. Mean +- std over seeds.", ""]
+           f"Seeds: {list(seeds)} (seed s keys the initialization "
+           "and the batch order; every arm sees the same)  ",
+           "Data: scikit-learn digits (gaf_optax.data), "
+           f"{digits.num_train} train / {digits.num_test} test, per-channel "
+           "normalised; LeNet input upsampled to 32x32 (image_size=32). "
+           "Mean +- std over seeds.", ""]
   everything = {}
   for setting in settings:
     t1 = time.time()
@@ -359,8 +288,8 @@ def main(argv=None) -> dict:
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text)
   with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({s: {arm: {"layers": names, **{k: v.tolist()
-                                               for k, v in h.items()}}
+    json.dump({s: {arm: {"layers": list(names),
+                         **{k: np.asarray(v).tolist() for k, v in h.items()}}
                    for arm, (h, names) in r.items()}
                for s, r in everything.items()}, f)
   print(text)

@@ -1,0 +1,2 @@
+"""Benchmarks: each is `python -m experiments.benchmarks.NAME`; they print
+medians and ratios from one run."""

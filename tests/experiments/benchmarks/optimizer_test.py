@@ -1,0 +1,20 @@
+"""The optimizer benchmarks' parameter trees and argument checks."""
+
+import jax
+import pytest
+
+from experiments.benchmarks import optimizer
+from experiments.benchmarks import param_trees
+
+
+def test_param_tree_counts_match_pytorch_references():
+  assert param_trees.num_params("resnet18_cifar10") == 11_173_962
+  assert param_trees.num_params("resnet50_imagenet") == 25_557_032
+  tree = param_trees.random_tree("resnet18_cifar10", jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(tree)) == 11_173_962
+
+
+def test_bench_rejects_unknown_tree(capsys):
+  with pytest.raises(SystemExit):
+    optimizer.main(["--trees", "vgg99"])
+  assert "unknown --trees ['vgg99']" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""The quickstart, through the training system."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import quickstart
+
+
+def test_quickstart_reduced_mode_writes_a_finite_table(tmp_path, capsys):
+  out = str(tmp_path / "qs")
+  results = quickstart.main(["--epochs", "1", "--seeds", "1", "--out", out,
+                             "--num_devices", "1"])
+  printed = capsys.readouterr().out
+  assert set(results["arms"]) == set(quickstart.ARMS)
+  for arm, res in results["arms"].items():
+    (run,) = res["runs"]
+    for key in ("final_test_accuracy", "best_test_accuracy",
+                "final_train_loss", "seconds"):
+      assert np.isfinite(run[key]), (arm, key, run[key])
+    assert 0.3 < run["final_test_accuracy"] <= 1.0, (arm, run)
+    assert f"| {arm} | " in printed
+  saved = json.load(open(os.path.join(out, "results.json")))
+  assert saved["arms"]["sgd"]["runs"][0]["final_test_accuracy"] == (
+      results["arms"]["sgd"]["runs"][0]["final_test_accuracy"])
+  assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+
+
+def test_every_arm_names_existing_fields_and_a_typo_is_an_error():
+  base = quickstart.base_config(quickstart.parse_args([]))
+  for overrides, _ in quickstart.ARMS.values():
+    quickstart.arm_config(base, overrides, seed=0)
+  with pytest.raises(AttributeError, match='Did you mean "enabled"'):
+    quickstart.arm_config(base, {"amplification.enabeld": True}, seed=0)
+  with pytest.raises(AttributeError, match="cannot be added"):
+    quickstart.arm_config(base, {"optimiser": "sgd"}, seed=0)
