@@ -193,7 +193,7 @@ class Trainer:
     self.eval_fn = _step.make_eval_step(model, self.preprocess,
                                         loss_fn=loss_fn)
     self.compiler_options = compiler_options
-    self.state = self.init_state(self.seed)
+    self._state = None  # built on first use (fit_seeds does not need it)
     self._train_step = jax.jit(self.step_fn, donate_argnums=0,
                                out_shardings=(self.replicated, None),
                                compiler_options=compiler_options)
@@ -239,6 +239,17 @@ class Trainer:
     trainer.config = config
     return trainer
 
+  @property
+  def state(self) -> TrainState:
+    """The run's current state (initialized from ``seed`` on first use)."""
+    if self._state is None:
+      self._state = self.init_state(self.seed)
+    return self._state
+
+  @state.setter
+  def state(self, value: TrainState) -> None:
+    self._state = value
+
   def init_state(self, seed: int) -> TrainState:
     """A fresh, replicated state for ``seed``."""
     init = jax.jit(lambda: _step.init_state(self.model, self.tx, seed,
@@ -248,9 +259,10 @@ class Trainer:
   # ------------------------------------------------------------- names
   def telemetry_names(self) -> dict[str, list[str]]:
     """Labels of the per-layer telemetry vectors (``layer_*``, lambdas)."""
-    names = {"layer": _step.layer_names(self.state.params),
-             "anact_lambda": _step.anact_lambda_names(
-                 self.state.model_state)}
+    shapes = jax.eval_shape(lambda: _step.init_state(
+        self.model, self.tx, 0, self.dataset.image_shape))
+    names = {"layer": _step.layer_names(shapes.params),
+             "anact_lambda": _step.anact_lambda_names(shapes.model_state)}
     points = getattr(self.model, "num_amplification_points", 0)
     names["point"] = [str(i) for i in range(points)]
     return names
@@ -471,12 +483,11 @@ class Trainer:
     idx = np.stack([np.stack([
         data_lib.epoch_order(n, seed=s, epoch=e)[:spe * bs].reshape(spe, bs)
         for e in range(self.num_epochs)]) for s in seeds]).astype(np.int32)
-    xtr, ytr = jnp.asarray(train.images), jnp.asarray(train.labels)
-    test_batch = {"image": jnp.asarray(test.images),
-                  "label": jnp.asarray(test.labels)}
     model, tx, shape = self.model, self.tx, self.dataset.image_shape
 
-    def run(seed, order):
+    # The data are arguments, not closed-over constants: XLA compiles a
+    # program with large constants much more slowly.
+    def run(seed, order, xtr, ytr, test_batch):
       state = _step.init_state(model, tx, seed, shape)
 
       def train_step(state, rows):
@@ -500,10 +511,14 @@ class Trainer:
       _, history = jax.lax.scan(epoch, state, order)
       return history
 
-    fn = jax.jit(jax.vmap(run), compiler_options=self.compiler_options)
+    fn = jax.jit(jax.vmap(run, in_axes=(0, 0, None, None, None)),
+                 compiler_options=self.compiler_options)
     device = self.mesh.devices.flat[0]
     with jax.default_device(device):
-      history = fn(jnp.asarray(seeds, jnp.int32), jnp.asarray(idx))
+      history = fn(jnp.asarray(seeds, jnp.int32), jnp.asarray(idx),
+                   jnp.asarray(train.images), jnp.asarray(train.labels),
+                   {"image": jnp.asarray(test.images),
+                    "label": jnp.asarray(test.labels)})
     out = jax.tree.map(np.asarray, history)
     out["telemetry_names"] = self.telemetry_names()
     return out
