@@ -276,15 +276,19 @@ def _stack(images: Sequence[np.ndarray], names: Sequence[str],
   return np.stack(images)
 
 
+def _missing_folder(path: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"image folder {path!r} does not exist; folder:PATH wants "
+      "PATH/train/<class>/<image> and PATH/test/<class>/<image>, or a "
+      ".tar.gz of that layout (for CIFAR-10 from TFDS instead, prepare it "
+      "with 'tfds build cifar10 --file_format=array_record' and use "
+      "'cifar10')")
+
+
 def _decode_folder(path: str) -> dict[str, np.ndarray]:
   """Reads and decodes a folder or archive: arrays for the cache."""
   if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"image folder {path!r} does not exist; folder:PATH wants "
-        "PATH/train/<class>/<image> and PATH/test/<class>/<image>, or a "
-        ".tar.gz of that layout (for CIFAR-10 from TFDS instead, prepare it "
-        "with 'tfds build cifar10 --file_format=array_record' and use "
-        "'cifar10')")
+    raise _missing_folder(path)
   exts = _image_extensions()
   found: dict[str, list[tuple[str, str, Any]]] = {s: [] for s in _SPLITS}
   if _is_tar(path):
@@ -363,12 +367,7 @@ def folder(path: str, *, cache_dir: str | None = None,
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"image folder {path!r} does not exist; folder:PATH wants "
-        "PATH/train/<class>/<image> and PATH/test/<class>/<image>, or a "
-        ".tar.gz of that layout (for CIFAR-10 from TFDS instead, prepare it "
-        "with 'tfds build cifar10 --file_format=array_record' and use "
-        "'cifar10')")
+    raise _missing_folder(path)
   cache_dir = cache_dir or default_cache_dir()
   cache_file = os.path.join(cache_dir, f"folder-{_cache_key(path)}.npz")
   arrays = None

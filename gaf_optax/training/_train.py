@@ -36,6 +36,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gaf_optax import data as data_lib
 from gaf_optax.training import _build
 from gaf_optax.training import _step
+from gaf_optax.training._checkpoint import Checkpointer
+from gaf_optax.training._metrics import MetricWriter
 from gaf_optax.training._step import Preprocess
 from gaf_optax.training._step import Telemetry
 from gaf_optax.training._step import TrainState
@@ -350,10 +352,8 @@ class Trainer:
       ``{key: [per step]}`` with a ``step`` key), ``telemetry_names`` and the
       final ``state``.
     """
-    from gaf_optax.training._metrics import MetricWriter  # pylint: disable=import-outside-toplevel
-    ckpt = writer = None
+    ckpt = None
     if workdir is not None:
-      from gaf_optax.training._checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
       os.makedirs(workdir, exist_ok=True)
       writer = MetricWriter(workdir, tensorboard=tensorboard,
                             stdout=log_to_stdout)

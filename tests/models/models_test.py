@@ -324,20 +324,6 @@ def test_bfloat16_compute_with_float32_params():
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-def test_bench_models_script_runs(capsys):
-  from experiments import bench_models  # pylint: disable=g-import-not-at-top
-  variants = ["default"] + (["cpu-no-ynn"] if bench_models.ynn_supported()
-                            else [])  # older jaxlib: no YNNPACK fusions
-  results = bench_models.main(["--model", "lenet", "--batch", "4", "--steps",
-                               "2", "--variants", ",".join(variants)])
-  assert [r["variant"] for r in results] == variants
-  if len(results) == 2:
-    assert results[1]["compiler_options"] == bench_models.CPU_NO_YNN
-  for r in results:
-    assert r["images_per_s"] > 0 and np.isfinite(r["loss"])
-  assert "images/s" in capsys.readouterr().out
-
-
 def test_mlp_dropout_masks_and_rescales_hidden_units_in_training_only():
   rate = 0.5
   x = jax.random.normal(jax.random.key(0), (4, 6))
