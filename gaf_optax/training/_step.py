@@ -136,7 +136,8 @@ class Telemetry:
     ``|beta * u| > 1``, where arctan's slope has fallen below half of its
     value at 0 (``gaf_input``: ``"gradient"`` for ``position="gradient"``
     and ``adam_gaf``, ``"momentum"`` for SGD_atanMom, whose GAF input is the
-    momentum buffer the step has just written);
+    momentum buffer the step has just written; with ``nesterov=True`` GAF
+    sees ``g + mu * buffer`` instead, and the share is still the buffer's);
   - ``amp_factors``: float32[P], the factors the forward pass used, when the
     chain has an amplification controller;
   - ``signal_norms``: float32[P], the backpropagated signal norm at each of
@@ -223,12 +224,16 @@ def _telemetry(telemetry: Telemetry, grads, new_opt_state, new_model_state):
   weights = {n: [g.astype(jnp.float32) for g in jax.tree.leaves(grads[n])
                  if g.ndim > 1] for n in names}
   if telemetry.layers and names:
+    # Sums over the layer's leaves (no concatenated copy of the gradient);
+    # the variance in two passes, around the layer's mean.
     norm, mean_abs, var = [], [], []
     for n in names:
-      flat = jnp.concatenate([g.ravel() for g in weights[n]])
-      norm.append(jnp.sqrt(jnp.sum(jnp.square(flat))))
-      mean_abs.append(jnp.mean(jnp.abs(flat)))
-      var.append(jnp.var(flat))
+      size = sum(g.size for g in weights[n])
+      mean = sum(jnp.sum(g) for g in weights[n]) / size
+      norm.append(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in weights[n])))
+      mean_abs.append(sum(jnp.sum(jnp.abs(g)) for g in weights[n]) / size)
+      var.append(sum(jnp.sum(jnp.square(g - mean)) for g in weights[n]) /
+                 size)
     out.update(layer_grad_norm=jnp.stack(norm),
                layer_grad_mean_abs=jnp.stack(mean_abs),
                layer_grad_var=jnp.stack(var))
