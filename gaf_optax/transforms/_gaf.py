@@ -23,6 +23,23 @@ SGD_log_Mom          as SGD_atanMom with ``fn="log"``
 SGD_atanMom_Ada      as SGD_atanMom with :func:`adaptive_gaf`
 Adam_atan            gaf, add_decayed_weights, scale_by_adam, scale(-lr)
 ===================  =========================================================
+
+Validation: what is static is checked when the transformation is built (a
+ValueError naming the function, the argument, the value and what is
+accepted) or, for shapes and dtypes, in ``init`` and ``update`` (at trace
+time, no host sync). Schedules and traced values (``optax.inject_hyperparams``
+under jit) are not checked. Parameters and updates must have floating dtypes:
+complex or integer leaves raise a TypeError (leave them out with
+:func:`optax.masked`).
+
+Non-finite gradients are not checked either (a check would cost a host sync
+per step, or skip steps silently). arctan and tanh map ``+-inf`` to their
+bound and NaN stays NaN, so a non-finite gradient that reaches a moment or
+momentum buffer stays in it for ever: see :func:`sgd_gaf` for exactly what
+happens. Remedies: ``optax.apply_if_finite(tx, max_consecutive_errors)``
+around the bare transformation skips such steps, and
+:class:`gaf_optax.training.Trainer` stops the run at the first non-finite
+step, or rides out a few with its ``skip_nonfinite_steps`` argument.
 """
 
 from __future__ import annotations
@@ -191,26 +208,101 @@ def _is_python_zero(value: Any) -> bool:
   return False
 
 
-def _check(name: str, value: Any, ok: Callable[[np.ndarray], Any],
-           accepted: str) -> None:
+def _check(where: str, name: str, value: Any,
+           ok: Callable[[np.ndarray], Any], accepted: str, *,
+           schedule_ok: bool = True) -> None:
+  """Raises a ValueError naming `where`, `name`, the value and `accepted`.
+
+  Only static values are checked: a schedule (allowed when `schedule_ok`) or a
+  traced value passes, so `optax.inject_hyperparams` works under jit.
+  """
+  if callable(value):
+    if schedule_ok:
+      return
+    raise ValueError(f"{where}: {name} must be {accepted}, not schedules; "
+                     f"got {value!r}.")
   arr = _static_value(value)
   if arr is None:
     return
-  if not np.issubdtype(arr.dtype, np.number) or not np.all(ok(arr)):
-    raise ValueError(f"{name} must be {accepted}; got {value!r}.")
+  real = (np.issubdtype(arr.dtype, np.floating)
+          or np.issubdtype(arr.dtype, np.integer))
+  if not real or not np.all(ok(arr)):
+    raise ValueError(f"{where}: {name} must be {accepted}; got {value!r}.")
 
 
-def _check_positive(name: str, value: Any) -> None:
-  _check(name, value, lambda a: a > 0,
-         "a positive number, array of positive numbers, or an optax schedule")
+def _or_schedule(accepted: str, schedule_ok: bool) -> str:
+  return accepted + (", or an optax schedule" if schedule_ok else "")
 
 
-def _check_non_negative(name: str, value: Any) -> None:
-  _check(name, value, lambda a: a >= 0,
-         "a non-negative number, array, or an optax schedule")
+def _check_positive(where: str, name: str, value: Any, *,
+                    schedule_ok: bool = True) -> None:
+  _check(where, name, value, lambda a: np.isfinite(a) & (a > 0),
+         _or_schedule("a positive finite number or array", schedule_ok),
+         schedule_ok=schedule_ok)
 
 
-def _resolve_fn(fn: FnLike, *, allowed: tuple[str, ...],
+def _check_non_negative(where: str, name: str, value: Any, *,
+                        schedule_ok: bool = True) -> None:
+  _check(where, name, value, lambda a: np.isfinite(a) & (a >= 0),
+         _or_schedule("a non-negative finite number or array", schedule_ok),
+         schedule_ok=schedule_ok)
+
+
+def _check_decay(where: str, name: str, value: Any) -> None:
+  # A moment's decay: 1 would never forget (and Adam's bias correction
+  # would divide by zero).
+  _check(where, name, value, lambda a: (a >= 0) & (a < 1),
+         "a number or array in [0, 1)", schedule_ok=False)
+
+
+def _check_momentum(where: str, value: Any) -> None:
+  # 1 is allowed (the buffer never decays); > 1 would grow geometrically.
+  _check(where, "momentum", value, lambda a: (a >= 0) & (a <= 1),
+         "a non-negative number or array at most 1, i.e. in [0, 1]",
+         schedule_ok=False)
+
+
+def _check_leaves(where: str, what: str, tree: Any,
+                  scales: dict[str, Any]) -> None:
+  """Checks each leaf's dtype, and that `scales` keep each leaf's shape.
+
+  Shapes and dtypes are static (known at trace time under jit): no host sync.
+
+  Args:
+    where: the public function, for the message.
+    what: ``"parameter"`` or ``"update"``, for the message.
+    tree: the parameters or updates.
+    scales: name -> numeric scale (a number or an array, possibly traced)
+      that multiplies every leaf; schedules are left out by the caller.
+
+  Raises:
+    TypeError: a leaf has a dtype that is not floating.
+    ValueError: a scale's shape does not broadcast to a leaf's shape without
+      changing it.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    label = f"{what} {jax.tree_util.keystr(path)}".rstrip()
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{where}: {label} has dtype {dtype}; only floating dtypes "
+          "(float16, bfloat16, float32, float64) are accepted. Leave complex "
+          "or integer leaves out with optax.masked.")
+    shape = tuple(np.shape(leaf))
+    for name, value in scales.items():
+      scale_shape = tuple(np.shape(value))
+      try:
+        fits = np.broadcast_shapes(scale_shape, shape) == shape
+      except ValueError:
+        fits = False
+      if not fits:
+        raise ValueError(
+            f"{where}: {name} of shape {scale_shape} does not fit {label} of "
+            f"shape {shape}; {name} must be a scalar or an array that "
+            "broadcasts to every leaf's shape without changing it.")
+
+
+def _resolve_fn(where: str, fn: FnLike, *, allowed: tuple[str, ...],
                 fusible: bool = False) -> ElementwiseFn:
   if callable(fn):
     return fn
@@ -219,7 +311,8 @@ def _resolve_fn(fn: FnLike, *, allowed: tuple[str, ...],
       return _fusible_arctan
     return _FNS[fn]
   names = ", ".join(repr(n) for n in allowed)
-  raise ValueError(f"fn must be one of {names} or a callable; got {fn!r}.")
+  raise ValueError(f"{where}: fn must be one of {names} or a callable; got "
+                   f"{fn!r}.")
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -259,15 +352,27 @@ def gaf(
   ``optax.chain(gaf(), optax.adam(...))`` (its arctan stays fused into both
   moments; see the README's performance section).
 
+  ``alpha`` and ``beta`` are one value for every leaf: a number, or an array
+  that broadcasts to every leaf's shape without changing it (e.g. shape
+  ``(n,)`` for leaves whose last axis is ``n``); anything that would change a
+  leaf's shape is a ValueError in ``init``/``update``. A pytree of per-leaf
+  values is not supported: give layers different values with
+  :func:`optax.partition`. Leaves must have a floating dtype (TypeError
+  otherwise).
+
   Args:
-    alpha: output scale; a positive float, array or optax schedule.
-    beta: input scale; a positive float, array or optax schedule.
+    alpha: output scale; a positive finite float, array or optax schedule.
+    beta: input scale; a positive finite float, array or optax schedule.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or an elementwise callable
       (ideally odd, monotone and bounded, with slope 1 at 0).
 
   Returns:
     An :class:`optax.GradientTransformation`. Its state is empty, or a
     :class:`GafState` step count when ``alpha`` or ``beta`` is a schedule.
+
+  Raises:
+    ValueError: ``alpha`` or ``beta`` is a static number or array that is not
+      positive and finite, or ``fn`` is unknown.
 
   Example:
     >>> import jax.numpy as jnp
@@ -290,24 +395,39 @@ def gaf(
     Liu et al., `Activated Gradients for Deep Neural Networks
     <https://arxiv.org/abs/2107.04228>`_, IEEE TNNLS.
   """
-  return _gaf(alpha, beta, fn, fusible=False)
+  return _gaf(alpha, beta, fn, fusible=False, where="gaf")
 
 
-def _gaf(alpha, beta, fn, *, fusible: bool) -> optax.GradientTransformation:
-  """`gaf`; `fusible` picks the arctan for a value with several consumers."""
-  act = _resolve_fn(fn, allowed=("arctan", "tanh", "log"), fusible=fusible)
-  _check_positive("alpha", alpha)
-  _check_positive("beta", beta)
+def _gaf(alpha, beta, fn, *, fusible: bool,
+         where: str) -> optax.GradientTransformation:
+  """`gaf`; `fusible` picks the arctan for a value with several consumers.
+
+  `where` is the public function the user called, for error messages.
+  """
+  act = _resolve_fn(where, fn, allowed=("arctan", "tanh", "log"),
+                    fusible=fusible)
+  _check_positive(where, "alpha", alpha)
+  _check_positive(where, "beta", beta)
   scheduled = callable(alpha) or callable(beta)
+  static_scales = {k: v for k, v in (("alpha", alpha), ("beta", beta))
+                   if not callable(v)}
 
   def shape_leaf(u, a, b):
+    u = jnp.asarray(u)
     cdt = _compute_dtype(u.dtype)
     a = jnp.asarray(a, cdt)
     b = jnp.asarray(b, cdt)
     return (a * act(b * u.astype(cdt))).astype(u.dtype)
 
   def apply(updates, a, b):
+    _check_leaves(where, "update", updates, {"alpha": a, "beta": b})
     return jax.tree.map(lambda u: shape_leaf(u, a, b), updates)
+
+  def init_fn(params):
+    _check_leaves(where, "parameter", params, static_scales)
+    if not scheduled:
+      return optax.EmptyState()
+    return GafState(count=jnp.zeros([], jnp.int32))
 
   if not scheduled:
 
@@ -315,11 +435,7 @@ def _gaf(alpha, beta, fn, *, fusible: bool) -> optax.GradientTransformation:
       del params
       return apply(updates, alpha, beta), state
 
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-  def init_fn(params):
-    del params
-    return GafState(count=jnp.zeros([], jnp.int32))
+    return optax.GradientTransformation(init_fn, update_fn)
 
   def update_fn(updates, state, params=None):
     del params
@@ -354,11 +470,17 @@ def adaptive_gaf(
   gradient is never silently replaced.
 
   Args:
-    shrink: positive; the output bound is ``max|d| / shrink``.
-    gamma: positive; the slope at 0.
+    shrink: a positive finite number or array (not a schedule); the output
+      bound is ``max|d| / shrink``.
+    gamma: a positive finite number or array (not a schedule); the slope at
+      0. Arrays must broadcast to every leaf's shape without changing it.
 
   Returns:
     An :class:`optax.GradientTransformation` with an empty state.
+
+  Raises:
+    ValueError: ``shrink`` or ``gamma`` is a schedule, or a static value that
+      is not positive and finite.
 
   Example:
     >>> import jax.numpy as jnp
@@ -372,13 +494,23 @@ def adaptive_gaf(
     Liu et al., `Activated Gradients for Deep Neural Networks
     <https://arxiv.org/abs/2107.04228>`_, IEEE TNNLS.
   """
-  _check_positive("shrink", shrink)
-  _check_positive("gamma", gamma)
-  if callable(shrink) or callable(gamma):
-    raise ValueError("shrink and gamma must be numbers or arrays, not "
-                     "schedules.")
+  return _adaptive_gaf(shrink, gamma, where="adaptive_gaf")
+
+
+def _adaptive_gaf(shrink, gamma, *, where: str) -> optax.GradientTransformation:
+  """`adaptive_gaf`; `where` is the public function, for error messages."""
+  # Numbers or arrays only: a schedule is not offered (the rule already
+  # rescales every step from max|d|), and one is refused with this message.
+  _check_positive(where, "shrink", shrink, schedule_ok=False)
+  _check_positive(where, "gamma", gamma, schedule_ok=False)
+  scales = {"shrink": shrink, "gamma": gamma}
+
+  def init_fn(params):
+    _check_leaves(where, "parameter", params, scales)
+    return optax.EmptyState()
 
   def shape_leaf(d):
+    d = jnp.asarray(d)
     if d.size == 0:
       return d
     cdt = _compute_dtype(d.dtype)
@@ -393,9 +525,10 @@ def adaptive_gaf(
 
   def update_fn(updates, state, params=None):
     del params
+    _check_leaves(where, "update", updates, scales)
     return jax.tree.map(shape_leaf, updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------
@@ -418,17 +551,17 @@ def _momentum(momentum: Any, nesterov: bool) -> list[optax.GradientTransformatio
   return [optax.trace(decay=momentum, nesterov=nesterov)]
 
 
-def _shaping(fn: FnLike, alpha, beta, shrink, gamma):
+def _shaping(where: str, fn: FnLike, alpha, beta, shrink, gamma):
   if isinstance(fn, str) and fn == "adaptive":
     if shrink is None or gamma is None:
-      raise ValueError('fn="adaptive" needs both shrink and gamma; got '
-                       f"shrink={shrink!r}, gamma={gamma!r}.")
-    return adaptive_gaf(shrink, gamma)
+      raise ValueError(f'{where}: fn="adaptive" needs both shrink and gamma; '
+                       f"got shrink={shrink!r}, gamma={gamma!r}.")
+    return _adaptive_gaf(shrink, gamma, where=where)
   if shrink is not None or gamma is not None:
-    raise ValueError('shrink and gamma only apply with fn="adaptive"; got '
-                     f"fn={fn!r}.")
-  _resolve_fn(fn, allowed=("arctan", "tanh", "log", "adaptive"))
-  return gaf(alpha, beta, fn)
+    raise ValueError(f'{where}: shrink and gamma only apply with '
+                     f'fn="adaptive"; got fn={fn!r}.')
+  _resolve_fn(where, fn, allowed=("arctan", "tanh", "log", "adaptive"))
+  return _gaf(alpha, beta, fn, fusible=False, where=where)
 
 
 def sgd_gaf(
@@ -462,15 +595,35 @@ def sgd_gaf(
   one momentum buffer per parameter (none if ``momentum`` is 0) and a step
   count only if a schedule needs one. GAF itself keeps no state.
 
+  Non-finite gradients are not checked (a check would cost a host sync per
+  step, or skip steps silently). With ``momentum > 0`` and
+  ``position="momentum"``, an ``inf`` gradient element makes its buffer
+  element ``inf`` for ever (``momentum * inf + g`` stays ``inf``): every later
+  update of it is the saturated value, ``-lr * alpha * pi / 2`` for arctan
+  (``-lr * alpha`` for tanh, ``-inf`` for log; the sign flips for ``-inf``;
+  with ``fn="adaptive"`` its whole leaf is NaN), whatever the later
+  gradients, even reversed ones. A NaN
+  gradient, or an ``inf`` of the other sign later, makes the buffer NaN for
+  ever, and so every later update. With ``position="gradient"`` arctan and
+  tanh bound an ``inf`` before the buffer, but a NaN still stays in it.
+  Remedies: ``optax.apply_if_finite(sgd_gaf(...), max_consecutive_errors)``
+  skips a non-finite step (parameters and buffer unchanged), and
+  :class:`gaf_optax.training.Trainer` stops the run with an error at the
+  first non-finite step, or rides out up to ``skip_nonfinite_steps``
+  consecutive ones.
+
   Args:
-    learning_rate: a non-negative float or an optax schedule.
-    momentum: momentum coefficient, >= 0 (0 keeps no buffer).
+    learning_rate: a non-negative finite float or an optax schedule.
+    momentum: momentum coefficient in ``[0, 1]``: 0 keeps no buffer, 1 is
+      allowed (the buffer never decays), > 1 is refused (the buffer would
+      grow geometrically). A number or array, not a schedule.
     nesterov: Nesterov momentum, as in PyTorch (``d + momentum * buf``).
     weight_decay: coupled L2 coefficient added to the gradient, >= 0.
-    alpha: GAF output scale (positive float, array or schedule); not used
-      with ``fn="adaptive"``, which sets it per leaf and step.
-    beta: GAF input scale (positive float, array or schedule); not used with
-      ``fn="adaptive"``.
+    alpha: GAF output scale (positive finite float, array or schedule; see
+      :func:`gaf` for the shapes accepted); not used with ``fn="adaptive"``,
+      which sets it per leaf and step.
+    beta: GAF input scale (positive finite float, array or schedule); not
+      used with ``fn="adaptive"``.
     fn: ``"arctan"``, ``"tanh"``, ``"log"``, ``"adaptive"`` or a callable.
     position: ``"momentum"`` or ``"gradient"``, where GAF is applied.
     shrink: only with ``fn="adaptive"``: output bound is ``max|d|/shrink``.
@@ -478,6 +631,11 @@ def sgd_gaf(
 
   Returns:
     An :class:`optax.GradientTransformation`.
+
+  Raises:
+    ValueError: a static argument is out of range (the message names it),
+      or the arguments do not go together (``shrink`` without
+      ``fn="adaptive"``, ``nesterov`` without momentum).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -496,16 +654,17 @@ def sgd_gaf(
     Liu et al., `Activated Gradients for Deep Neural Networks
     <https://arxiv.org/abs/2107.04228>`_, IEEE TNNLS.
   """
-  _check_non_negative("learning_rate", learning_rate)
-  _check_non_negative("momentum", momentum)
-  _check_non_negative("weight_decay", weight_decay)
+  where = "sgd_gaf"
+  _check_non_negative(where, "learning_rate", learning_rate)
+  _check_momentum(where, momentum)
+  _check_non_negative(where, "weight_decay", weight_decay)
   if position not in ("momentum", "gradient"):
-    raise ValueError("position must be 'momentum' or 'gradient'; got "
-                     f"{position!r}.")
+    raise ValueError(f"{where}: position must be 'momentum' or 'gradient'; "
+                     f"got {position!r}.")
   if nesterov and _is_python_zero(momentum):
-    raise ValueError("nesterov=True needs a positive momentum; got "
+    raise ValueError(f"{where}: nesterov=True needs a positive momentum; got "
                      f"momentum={momentum!r}.")
-  shaping = _shaping(fn, alpha, beta, shrink, gamma)
+  shaping = _shaping(where, fn, alpha, beta, shrink, gamma)
   core = _decay(weight_decay) + _momentum(momentum, nesterov)
   if position == "gradient":
     parts = [shaping] + core
@@ -574,13 +733,13 @@ def adam_gaf(
   relative in our reference test once ``|g| >= 1e-3``).
 
   Args:
-    learning_rate: a non-negative float or an optax schedule.
-    b1: decay of the first moment.
-    b2: decay of the second moment.
-    eps: added to the root of the second moment.
+    learning_rate: a non-negative finite float or an optax schedule.
+    b1: decay of the first moment, in ``[0, 1)``.
+    b2: decay of the second moment, in ``[0, 1)``.
+    eps: added to the root of the second moment, > 0.
     weight_decay: coupled L2 coefficient, >= 0.
-    alpha: GAF output scale (the official default is 0.1).
-    beta: GAF input scale (the official default is 15).
+    alpha: GAF output scale (the official default is 0.1); as in :func:`gaf`.
+    beta: GAF input scale (the official default is 15); as in :func:`gaf`.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or a callable.
     mu_dtype: optional dtype of the first moment, as in :func:`optax.adam`.
     eps_before_bias_correction: add ``eps`` before bias correction, exactly
@@ -602,12 +761,17 @@ def adam_gaf(
     Liu et al., `Activated Gradients for Deep Neural Networks
     <https://arxiv.org/abs/2107.04228>`_, IEEE TNNLS.
   """
-  _check_non_negative("learning_rate", learning_rate)
-  _check_non_negative("weight_decay", weight_decay)
+  where = "adam_gaf"
+  _check_non_negative(where, "learning_rate", learning_rate)
+  _check_decay(where, "b1", b1)
+  _check_decay(where, "b2", b2)
+  _check_positive(where, "eps", eps, schedule_ok=False)
+  _check_non_negative(where, "weight_decay", weight_decay)
   moments = (_scale_by_adam_eps_first if eps_before_bias_correction
              else optax.scale_by_adam)
   return optax.chain(
-      _gaf(alpha, beta, fn, fusible=True),  # two consumers: the moments
+      # Two consumers (the moments): the fusible arctan.
+      _gaf(alpha, beta, fn, fusible=True, where=where),
       *_decay(weight_decay),
       moments(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
       optax.scale_by_learning_rate(learning_rate),
@@ -637,14 +801,15 @@ def rmsprop_gaf(
   same placement (GAF first) and those values as defaults.
 
   Args:
-    learning_rate: a non-negative float or an optax schedule.
+    learning_rate: a non-negative finite float or an optax schedule.
     decay: smoothing constant of the squared-gradient average (PyTorch
-      ``alpha``).
-    eps: added to ``sqrt(v)``.
-    momentum: momentum coefficient, >= 0 (0 keeps no buffer).
+      ``alpha``), in ``[0, 1)``.
+    eps: added to ``sqrt(v)``, > 0.
+    momentum: momentum coefficient in ``[0, 1]``: 0 keeps no buffer, 1 is
+      allowed (no decay), > 1 is refused.
     weight_decay: coupled L2 coefficient, >= 0.
-    alpha: GAF output scale.
-    beta: GAF input scale.
+    alpha: GAF output scale; as in :func:`gaf`.
+    beta: GAF input scale; as in :func:`gaf`.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or a callable.
 
   Returns:
@@ -659,11 +824,15 @@ def rmsprop_gaf(
     >>> [round(float(v), 4) for v in updates['w']]  # first step: -lr*sign(d)/0.1
     [-0.1, 0.1]
   """
-  _check_non_negative("learning_rate", learning_rate)
-  _check_non_negative("momentum", momentum)
-  _check_non_negative("weight_decay", weight_decay)
+  where = "rmsprop_gaf"
+  _check_non_negative(where, "learning_rate", learning_rate)
+  _check_decay(where, "decay", decay)
+  _check_positive(where, "eps", eps, schedule_ok=False)
+  _check_momentum(where, momentum)
+  _check_non_negative(where, "weight_decay", weight_decay)
   return optax.chain(
-      _gaf(alpha, beta, fn, fusible=True),  # two consumers: the moments
+      # Two consumers (the moments): the fusible arctan.
+      _gaf(alpha, beta, fn, fusible=True, where=where),
       *_decay(weight_decay),
       optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False),
       *_momentum(momentum, nesterov=False),
