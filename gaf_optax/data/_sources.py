@@ -9,19 +9,25 @@ also answer ``src.get_batch(indices)`` in one NumPy gather.
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-# Bump when the cached arrays' layout or the decoding changes.
-_CACHE_VERSION = 1
+# Bump when the cached arrays' layout or the decoding changes. 2: 16-bit
+# images scaled, float images refused, archives checked to their end, test
+# images converted to the train split's channels, archive keys hash contents.
+_CACHE_VERSION = 2
 _SPLITS = ("train", "test")
 
 
@@ -185,16 +191,89 @@ def _split_parts(relpath: str) -> tuple[str, str] | None:
   return None
 
 
+class _DamagedArchive(Exception):
+  """An archive that ends or breaks before its end-of-archive marker."""
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+  """Member headers that fail loudly where ``tarfile`` would stop quietly.
+
+  ``tarfile`` ends its iteration not only at the end-of-archive marker (a zero
+  block) but also, silently, where the archive was cut at a member boundary
+  (nothing left to read), inside a header, or at a header with a bad
+  checksum. Here only the marker ends it; the others raise.
+  """
+
+  @classmethod
+  def fromtarfile(cls, archive):  # pylint: disable=arguments-renamed
+    try:
+      return super().fromtarfile(archive)
+    except tarfile.EOFHeaderError:
+      raise  # The end-of-archive marker: a normal end.
+    except tarfile.EmptyHeaderError as e:
+      raise _DamagedArchive(
+          "it ends before its end-of-archive marker") from e
+    except tarfile.HeaderError as e:
+      raise _DamagedArchive(
+          f"bad member header at byte {archive.offset}: {e}") from e
+
+
+# Errors that reading a cut or corrupt archive raises: tarfile's, the
+# decompressors' (gzip's EOFError and BadGzipFile, zlib.error, bz2's OSError,
+# lzma.LZMAError).
+_ARCHIVE_ERRORS = (_DamagedArchive, tarfile.TarError, EOFError, OSError,
+                   zlib.error, lzma.LZMAError)
+
+
+def _decompressed(raw):
+  """``raw`` (a binary file) decompressed by its magic number, if compressed."""
+  head = raw.read(6)
+  raw.seek(0)
+  if head.startswith(b"\x1f\x8b"):
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+  if head.startswith(b"BZh"):
+    return bz2.BZ2File(raw)
+  if head.startswith(b"\xfd7zXZ\x00"):
+    return lzma.LZMAFile(raw)
+  return raw
+
+
 def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
-  """Streams ``(split, class, member name, bytes)`` from an archive."""
-  with tarfile.open(path, "r|*") as archive:
-    for member in archive:
-      if not member.isfile():
-        continue
-      where = _split_parts(member.name)
-      if where is None or os.path.splitext(member.name)[1].lower() not in exts:
-        continue
-      yield where[0], where[1], member.name, archive.extractfile(member).read()
+  """Streams ``(split, class, member name, bytes)`` from an archive.
+
+  The whole archive is checked: it must reach its end-of-archive marker with
+  every member whole, and a compressed one must also reach the end of its
+  compressed stream with a matching checksum (gzip's CRC-32 and length,
+  xz's and bzip2's checks). Anything short of that is an error, never fewer
+  images.
+
+  Raises:
+    ValueError: naming ``path``, if the archive is truncated or damaged.
+  """
+  with open(path, "rb") as raw:
+    try:
+      with _decompressed(raw) as stream:
+        with tarfile.open(fileobj=stream, mode="r|",
+                          tarinfo=_CheckedTarInfo) as archive:
+          for member in archive:
+            if not member.isfile():
+              continue
+            where = _split_parts(member.name)
+            if (where is None
+                or os.path.splitext(member.name)[1].lower() not in exts):
+              continue
+            yield (where[0], where[1], member.name,
+                   archive.extractfile(member).read())
+        # Past the marker, read the compressed stream to its end: that is
+        # where the decompressor finds a cut stream or a checksum mismatch.
+        while stream.read(1 << 20):
+          pass
+    except _ARCHIVE_ERRORS as e:
+      reason = str(e) or type(e).__name__
+      raise ValueError(
+          f"archive {path!r} is truncated or damaged ({reason}); no images "
+          "were read from it. Re-download it, or re-create it (e.g. "
+          "tar -czf NAME.tar.gz train test), and load it again.") from e
 
 
 def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
@@ -216,25 +295,88 @@ def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
   return out
 
 
+# Pillow modes holding 16-bit unsigned samples; "I" (32-bit signed) holds them
+# too when it comes from a format that stores at most 16 bits (PNG; PGM/PPM,
+# which Pillow scales to 0..65535 from any maxval above 255).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+_GREY_MODES = ("1", "L", "LA", "La")
+
+
+class _UnknownRange(ValueError):
+  """An image whose samples have no known range (float, 32-bit integer)."""
+
+
 def _decode_image(data: bytes | str, what: str) -> np.ndarray:
-  """Decodes one image file (bytes or a path) to uint8 HWC (1 or 3 channels)."""
+  """Decodes one image file (bytes or a path) to uint8 HWC (1 or 3 channels).
+
+  Grey modes (``1``, ``L``, ``LA``) give one channel, every other 8-bit mode
+  three, through Pillow's ``convert("L")`` / ``convert("RGB")`` (alpha is
+  dropped; palette, CMYK and YCbCr images are converted to RGB). 16-bit grey
+  images keep their top 8 bits, ``v >> 8``, so 0..65535 maps onto 0..255
+  (65535 -> 255, 32768 -> 128); that is what Pillow itself does with 16-bit
+  RGB and RGBA PNGs. Only the first frame of a multi-frame file is read.
+
+  Raises:
+    ValueError: naming ``what``, for a file Pillow cannot decode, and for
+      32-bit integer and floating-point images (modes ``I`` from TIFF and
+      the like, ``F``): their value range is not known, so no conversion to
+      0..255 would be right.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(source) as im:
-      gray = im.mode in ("1", "L", "I", "I;16", "F", "LA")
-      array = np.asarray(im.convert("L" if gray else "RGB"), np.uint8)
+      mode = im.mode
+      if mode in _SIXTEEN_BIT_MODES or (
+          mode == "I" and im.format in _SIXTEEN_BIT_I_FORMATS):
+        samples = np.asarray(im).astype(np.int64)
+        if samples.min(initial=0) < 0 or samples.max(initial=0) > 0xFFFF:
+          raise ValueError(f"mode {mode} values outside 0..65535")
+        return (samples >> 8).astype(np.uint8)[:, :, None]
+      if mode.startswith(("I", "F")):
+        kind = "floating-point" if mode.startswith("F") else "32-bit integer"
+        raise _UnknownRange(
+            f"image {what} is a {kind} image (Pillow mode {mode!r}, format "
+            f"{im.format}): its value range is unknown, so it cannot be "
+            "mapped to 0..255 uint8 without guessing. Convert it to an 8-bit "
+            "(or 16-bit integer) image first.")
+      if mode in _GREY_MODES:
+        return np.asarray(im.convert("L"), np.uint8)[:, :, None]
+      return np.asarray(im.convert("RGB"), np.uint8)
+  except _UnknownRange:
+    raise
   except Exception as e:  # Pillow raises several types for bad files.
     raise ValueError(f"cannot decode image {what}: {e}") from e
-  return array[:, :, None] if gray else array
+
+
+def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """A decoded image with ``channels`` (1 or 3) channels.
+
+  Grey to colour repeats the channel (what Pillow's ``convert("RGB")`` does);
+  colour to grey is Pillow's ``convert("L")``, the ITU-R 601-2 luma
+  ``L = R * 299/1000 + G * 587/1000 + B * 114/1000``.
+  """
+  if image.shape[2] == channels:
+    return image
+  if channels == 3:
+    return np.repeat(image, 3, axis=2)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(image).convert("L"), np.uint8)[:, :, None]
 
 
 def _cache_key(path: str) -> str:
-  """Path + size + mtime of the archive, or of every file in the folder."""
+  """Path + the archive's bytes, or path + each folder file's stat.
+
+  An archive's key hashes its contents, so any change to it (even one that
+  keeps its size and modification time) decodes it again. A folder's key
+  hashes each file's relative path, size, modification and change times.
+  """
   h = hashlib.sha256(f"v{_CACHE_VERSION}:{path}".encode())
   if os.path.isfile(path):
-    st = os.stat(path)
-    h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
   else:
     for split in _SPLITS:
       for dirpath, dirnames, filenames in sorted(
@@ -243,7 +385,8 @@ def _cache_key(path: str) -> str:
         for filename in sorted(filenames):
           st = os.stat(os.path.join(dirpath, filename))
           rel = os.path.relpath(os.path.join(dirpath, filename), path)
-          h.update(f":{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+          h.update(f":{rel}:{st.st_size}:{st.st_mtime_ns}:"
+                   f"{st.st_ctime_ns}".encode())
   return h.hexdigest()[:32]
 
 
@@ -320,13 +463,13 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
         f"test/ of {path!r} has classes not in train/: {unknown}")
   index = {cls: i for i, cls in enumerate(classes)}
   arrays = {"class_names": np.array(classes)}
-  for split in _SPLITS:
+  channels = None
+  for split in _SPLITS:  # train first: it fixes the channel count.
     entries = sorted(found[split], key=lambda e: (e[0], e[1]))
     images = [_decode_image(data, name) for _, name, data in entries]
-    channels = max(image.shape[2] for image in images)
-    if channels == 3:  # Mixed grey and colour: make all colour.
-      images = [np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im
-                for im in images]
+    if channels is None:  # Colour if any training image is colour.
+      channels = max(image.shape[2] for image in images)
+    images = [_to_channels(image, channels) for image in images]
     arrays[f"{split}_images"] = _stack(images, [e[1] for e in entries], path)
     arrays[f"{split}_labels"] = np.array([index[e[0]] for e in entries],
                                          np.int32)
@@ -349,12 +492,29 @@ def folder(path: str, *, cache_dir: str | None = None,
   Pillow reads, all of one size. Labels number the ``train/`` class names in
   sorted order. ``PATH`` may also be a ``.tar``/``.tar.gz``/``.tgz`` archive of
   that layout (optionally under one top folder); its members are streamed in
-  place, never extracted.
+  place, never extracted. An archive is read to its end: one that is
+  truncated (even at a member boundary) or damaged is an error, never a
+  smaller dataset.
+
+  Pixels become uint8 as follows. 8-bit images are read as they are; 16-bit
+  grey images keep their top 8 bits (``v >> 8``: 65535 -> 255, 32768 -> 128),
+  as Pillow does for 16-bit RGB PNGs; alpha channels are dropped. Floating
+  point and 32-bit integer images (e.g. float TIFFs) are refused, since
+  their range is unknown.
+
+  Channels: the training split decides. If every ``train/`` image is grey
+  (Pillow modes ``1``, ``L``, ``LA`` or 16-bit grey) the dataset has one
+  channel, and colour ``test/`` images are converted to grey with Pillow's
+  ``convert("L")`` (ITU-R 601-2 luma, ``L = R * 299/1000 + G * 587/1000 +
+  B * 114/1000``). If any training image is colour, it has three, and grey
+  images of both splits are repeated into R, G and B. Both splits always
+  have the same ``(H, W, C)``.
 
   The decoded arrays are cached as ``<cache_dir>/folder-<key>.npz``, where the
-  key hashes the absolute path with the size and modification time of the
-  archive (or of every file in the folder); the file is written to a temporary
-  name and renamed, so an interrupted run never leaves a broken cache.
+  key hashes the absolute path with the archive's bytes (or with the size,
+  modification and change time of every file in the folder); the file is
+  written to a temporary name and renamed, so an interrupted run never leaves
+  a broken cache, and a failed decode leaves none.
 
   Args:
     path: the folder or archive.
@@ -363,7 +523,13 @@ def folder(path: str, *, cache_dir: str | None = None,
 
   Returns:
     the :class:`Dataset` (images ``(H, W, 3)``, or ``(H, W, 1)`` when every
-    image is grey).
+    training image is grey).
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist.
+    ValueError: naming the file, for an archive that is truncated or damaged,
+      an image that cannot be decoded or has no known range, and a layout or
+      image sizes that do not fit the above.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
