@@ -5,7 +5,15 @@
 
 A checkpoint in ``--workdir`` is resumed. Metrics go to stdout,
 ``WORKDIR/metrics.jsonl`` and TensorBoard (``WORKDIR/tensorboard``).
+
+Exit status: 0 when the run is complete; 1 with a message when it diverged
+(``NonFiniteError``: no diverged state is saved, the message names the last
+good checkpoint); 128 + the signal's number (143 for SIGTERM, 130 for
+SIGINT) after a stop signal, once the current step is checkpointed: run the
+same command again to resume.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -26,7 +34,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except training.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + (e.signum or 15))
+  except training.NonFiniteError as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
   print(f"last test accuracy {summary['last_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f}")
 

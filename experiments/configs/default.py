@@ -84,10 +84,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.seed = 0
   c.num_devices = ml_collections.FieldReference(None, field_type=int)
-  c.checkpoint_every_steps = 0  # 0: at the end only
+  # A hard kill loses at most this many steps (a minute or two of a CIFAR
+  # ResNet on one GPU); SIGTERM/SIGINT checkpoint the current step first.
+  c.checkpoint_every_steps = 1000  # 0: at the end (and on SIGTERM) only
   c.checkpoint_at_end = True
   c.keep_checkpoints = 3
   c.restore_step = ml_collections.FieldReference(None, field_type=int)
+  # Divergence: up to this many consecutive steps with a non-finite loss or
+  # gradient are skipped (optax.apply_if_finite); one more stops the run
+  # with NonFiniteError. 0: the first one stops it. Checked on the host
+  # every `check_every` steps, before each checkpoint and at epoch ends.
+  c.skip_nonfinite_steps = 0
+  c.check_every = 100
   c.tensorboard = True
   c.progress = True
   c.log_to_stdout = True

@@ -78,6 +78,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -139,6 +141,7 @@ __all__ = [
     "VGG",
     "VGG16",
     "VGG19",
+    "accepted_kwargs",
     "get",
     "make_activation",
     "names",
@@ -195,4 +198,19 @@ def get(name: str, **kwargs: Any) -> nn.Module:
   except KeyError:
     raise ValueError(f"Unknown model {name!r}; known models: "
                      f"{', '.join(names())}.") from None
+  accepted = accepted_kwargs(name)
+  unknown = sorted(set(kwargs) - accepted)
+  if unknown:
+    raise ValueError(
+        f"Unknown argument(s) {', '.join(map(repr, unknown))} for model "
+        f"{name!r}; it accepts: {', '.join(sorted(accepted))}.")
   return constructor(**kwargs)
+
+
+def accepted_kwargs(name: str) -> set[str]:
+  """The keyword arguments :func:`get` accepts for model ``name``."""
+  constructor = _MODELS[name]
+  while isinstance(constructor, functools.partial):
+    constructor = constructor.func
+  return {f.name for f in dataclasses.fields(constructor)
+          if f.init and f.name not in ("parent", "name")}

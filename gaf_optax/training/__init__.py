@@ -7,7 +7,9 @@ metric files) or :meth:`Trainer.fit_seeds` (``vmap`` over seeds and
 ``lax.scan`` over steps, for small models). The pure pieces
 (:func:`init_state`, :func:`make_train_step`, :func:`make_eval_step`) are
 public for custom drivers, and :class:`Telemetry` adds per-step, per-layer
-diagnostics. ``Trainer.from_config`` / :func:`train_and_evaluate` are the
+diagnostics. A run survives preemption (SIGTERM: checkpoint, then
+:class:`Preempted`) and divergence (:class:`NonFiniteError`; good
+checkpoints are kept). ``Trainer.from_config`` / :func:`train_and_evaluate` are the
 config-by-name path of ``experiments/main.py``: models, activations and
 optimizers are chosen by name from the explicit dicts in this package.
 
@@ -27,13 +29,19 @@ for _module, _package in (("orbax.checkpoint", "orbax-checkpoint"),):
 
 from gaf_optax.training._build import ACTIVATIONS
 from gaf_optax.training._build import OPTIMIZERS
+from gaf_optax.training._build import RESUMABLE_FIELDS
 from gaf_optax.training._build import build_model
 from gaf_optax.training._build import build_optimizer
 from gaf_optax.training._build import build_schedule
 from gaf_optax.training._build import build_telemetry
 from gaf_optax.training._build import get_activation
 from gaf_optax.training._build import layer_labels
+from gaf_optax.training._build import validate_config
 from gaf_optax.training._checkpoint import Checkpointer
+from gaf_optax.training._guard import NonFiniteError
+from gaf_optax.training._guard import Preempted
+from gaf_optax.training._guard import TrainingStopped
+from gaf_optax.training._guard import all_finite
 from gaf_optax.training._metrics import MetricWriter
 from gaf_optax.training._metrics import read_records
 from gaf_optax.training._step import Preprocess
@@ -54,11 +62,16 @@ __all__ = [
     "ACTIVATIONS",
     "Checkpointer",
     "MetricWriter",
+    "NonFiniteError",
     "OPTIMIZERS",
+    "Preempted",
     "Preprocess",
+    "RESUMABLE_FIELDS",
     "Telemetry",
     "TrainState",
     "Trainer",
+    "TrainingStopped",
+    "all_finite",
     "anact_lambda_names",
     "build_model",
     "build_optimizer",
@@ -75,4 +88,5 @@ __all__ = [
     "read_records",
     "softmax_cross_entropy",
     "train_and_evaluate",
+    "validate_config",
 ]

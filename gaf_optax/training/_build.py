@@ -7,6 +7,7 @@ config fields are documented in ``experiments/configs/default.py``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,12 +24,15 @@ from gaf_optax.training._step import Telemetry
 __all__ = [
     "ACTIVATIONS",
     "OPTIMIZERS",
+    "RESUMABLE_FIELDS",
     "build_model",
     "build_optimizer",
     "build_schedule",
     "build_telemetry",
     "get_activation",
     "layer_labels",
+    "step_defining_fields",
+    "validate_config",
 ]
 
 ACTIVATIONS: dict[str, Any] = {
@@ -262,3 +266,104 @@ def build_telemetry(config) -> Telemetry | None:
       where = "momentum"
   return Telemetry(layers=t.layers, gaf_beta=beta, gaf_input=where,
                    signals=t.signals, every=t.every)
+
+
+# Fields that say how to run, not what a step is: a resume may change them.
+RESUMABLE_FIELDS = frozenset({
+    "data_dir", "num_devices", "eval_batch_size", "checkpoint_every_steps",
+    "checkpoint_at_end", "keep_checkpoints", "restore_step", "tensorboard",
+    "progress", "log_to_stdout", "check_every", "telemetry", "distributed"})
+
+
+def step_defining_fields(config) -> dict[str, Any]:
+  """The config's fields but :data:`RESUMABLE_FIELDS`, as plain values.
+
+  A resume must keep them (``Trainer.run_info``): they set the data, its
+  order, the model and the optimizer, and so what step ``t`` of the run is.
+  """
+  return {k: v for k, v in config.to_dict().items()
+          if k not in RESUMABLE_FIELDS}
+
+
+def _number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _int_at_least(low):
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and
+          v >= low), f"an int >= {low}"
+
+
+def _float_in(low, high, *, open_high=False, open_low=False):
+  def ok(v):
+    if not _number(v) or not math.isfinite(v):
+      return False
+    return ((v > low if open_low else v >= low) and
+            (high is None or (v < high if open_high else v <= high)))
+  hi = "" if high is None else f", {high}{')' if open_high else ']'}"
+  what = (f"a finite number {'>' if open_low else '>='} {low}" if high is None
+          else f"a number in {'(' if open_low else '['}{low}{hi}")
+  return ok, what
+
+
+def _optional(rule):
+  ok, what = rule
+  return (lambda v: v is None or ok(v)), f"None or {what}"
+
+
+_RULES = {
+    "batch_size": _int_at_least(1),
+    "eval_batch_size": _int_at_least(1),
+    "num_epochs": _int_at_least(1),
+    "seed": _int_at_least(0),
+    "keep_checkpoints": _int_at_least(1),
+    "checkpoint_every_steps": _int_at_least(0),
+    "check_every": _int_at_least(1),
+    "skip_nonfinite_steps": _int_at_least(0),
+    "restore_step": _optional(_int_at_least(0)),
+    "num_devices": _optional(_int_at_least(1)),
+    "train_size": _optional(_int_at_least(1)),
+    "test_size": _optional(_int_at_least(1)),
+    "image_size": _optional(_int_at_least(1)),
+    "crop_padding": _int_at_least(0),
+    "learning_rate": _float_in(0, None),
+    "momentum": _float_in(0, 1),
+    "b1": _float_in(0, 1, open_high=True),
+    "b2": _float_in(0, 1, open_high=True),
+    "eps": _float_in(0, None, open_low=True),
+    "clip": _float_in(0, None, open_low=True),
+    "weight_decay": _float_in(0, None),
+    "warmup_epochs": _float_in(0, None),
+    "decay_factor": _float_in(0, None),
+    "telemetry.every": _int_at_least(1),
+    "amplification.factor": _float_in(0, None, open_low=True),
+    "amplification.start_epoch": _int_at_least(0),
+}
+
+
+def validate_config(config) -> None:
+  """Checks a config's values before any work is done.
+
+  Raises:
+    ValueError: naming the first field whose value is not accepted, and
+      what is (e.g. ``config.batch_size must be an int >= 1; got 0``), or a
+      ``model_kwargs`` field the model does not take.
+  """
+  for field, (ok, what) in _RULES.items():
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if not ok(value):
+      raise ValueError(f"config.{field} must be {what}; got {value!r}.")
+  for epoch in config.decay_epochs:
+    if not _number(epoch) or epoch < 0:
+      raise ValueError("config.decay_epochs must hold numbers >= 0; got "
+                       f"{tuple(config.decay_epochs)!r}.")
+  if config.model in models_lib.names():
+    accepted = models_lib.accepted_kwargs(config.model)
+    unknown = sorted(set(config.model_kwargs or {}) - accepted)
+    if unknown:
+      raise ValueError(
+          f"config.model_kwargs has field(s) {', '.join(map(repr, unknown))} "
+          f"that model {config.model!r} does not take; it takes: "
+          f"{', '.join(sorted(accepted))}.")

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpointer"]
+
+_UNFINISHED = ".orbax-checkpoint-tmp"
+
+
+def _remove_unfinished(directory: str) -> None:
+  """Removes the temporary folders of saves that a kill cut short.
+
+  Orbax's own ``cleanup_tmp_directories`` runs in the background and is only
+  awaited by the next save, so a run that stops before saving leaves them
+  (and its thread fails at interpreter exit); this is synchronous.
+  """
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if _UNFINISHED in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 class Checkpointer:
   """Saves and restores a pytree of arrays under ``workdir/checkpoints``.
 
   Orbax writes each checkpoint to a temporary directory and renames it when
-  complete, so an interrupted save never becomes the latest step. A step that
-  is present but cannot be read (damaged files) raises a ValueError that
-  names it and the earlier steps that are kept; nothing is deleted.
+  complete, so an interrupted save never becomes the latest step; the
+  temporary directories such a save leaves (``*.orbax-checkpoint-tmp*``)
+  are removed when the next run opens the directory. A step that is present
+  but cannot be read (damaged files) raises a ValueError that names it and
+  the earlier steps that are kept; nothing is deleted.
 
   Args:
     workdir: the run's directory.
@@ -26,6 +46,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    _remove_unfinished(self.directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -16,22 +16,36 @@ __all__ = ["MetricWriter", "read_records"]
 def read_records(path: str) -> list[dict[str, Any]]:
   """The records of a JSON-lines metrics file (empty if it does not exist).
 
+  A last line that is not JSON is a write torn by a kill: it is dropped,
+  with a note on stderr (a resumed run rewrites the file without it).
+
   Raises:
-    ValueError: naming the file and line for a line that is not JSON.
+    ValueError: naming the file and line for an earlier line that is not
+      JSON, or a record without an integer ``step``.
   """
   if not os.path.exists(path):
     return []
-  records = []
   with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path}:{number} is not a JSON record ({e}); the metrics file is "
-            "damaged. Move it aside to start a new one.") from e
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  records = []
+  for i, (number, line) in enumerate(lines):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        print(f"{path}:{number}: dropping a torn last line (a write cut "
+              f"short by a kill): {line[:80]!r}", file=sys.stderr)
+        break
+      raise ValueError(
+          f"{path}:{number} is not a JSON record ({e}); the metrics file is "
+          "damaged. Move it aside to start a new one.") from e
+    if not isinstance(record, dict) or not isinstance(record.get("step"),
+                                                      int):
+      raise ValueError(
+          f"{path}:{number} is not a record with an integer 'step' "
+          f"({line[:80].strip()!r}); this file was not written by "
+          "gaf_optax.training. Move it aside to start a new one.")
+    records.append(record)
   return records
 
 

@@ -58,7 +58,12 @@ class TrainState:
     model_state: the other collections (``batch_stats`` of BatchNorm and
       ANAct), empty for stateless models.
     opt_state: the optax state.
-    sums: this epoch's training loss, correct-prediction and example sums.
+    sums: this epoch's training loss, correct-prediction and example sums
+      (of the steps whose loss and gradient were finite).
+    health: non-finite steps, int32 scalars: ``streak`` (consecutive ones
+      up to now), ``first`` (the step number, as the records count steps, at
+      which the current streak began; -1 when ``streak`` is 0) and
+      ``total``. The :class:`Trainer` reads it to stop a diverged run.
   """
 
   step: jax.Array
@@ -67,12 +72,19 @@ class TrainState:
   model_state: Any
   opt_state: Any
   sums: Any
+  health: Any
 
 
 def zero_sums() -> dict[str, jax.Array]:
   return {"loss": jnp.zeros((), jnp.float32),
           "correct": jnp.zeros((), jnp.float32),
           "count": jnp.zeros((), jnp.float32)}
+
+
+def zero_health() -> dict[str, jax.Array]:
+  return {"streak": jnp.zeros((), jnp.int32),
+          "first": jnp.full((), -1, jnp.int32),
+          "total": jnp.zeros((), jnp.int32)}
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -288,7 +300,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params=params,
                     model_state=variables, opt_state=tx.init(params),
-                    sums=zero_sums())
+                    sums=zero_sums(), health=zero_health())
 
 
 def _apply(model, params, model_state, x, *, train, factors=None, rng=None):
@@ -319,6 +331,12 @@ def make_train_step(
   :func:`gaf_optax.gradient_amplification` controller (points mode) sets the
   model's ``amp_factors`` and gets ``layer_stats=signal_norms(...)`` from
   the same backward pass (the gradient with respect to the factors).
+
+  A step whose loss or gradient norm is not finite is counted in
+  ``state.health`` and leaves ``model_state`` and ``sums`` unchanged; what
+  it does to ``params`` and ``opt_state`` is ``tx``'s business (wrap it in
+  ``optax.apply_if_finite`` to skip such updates, as
+  ``Trainer(skip_nonfinite_steps=N)`` does).
 
   Args:
     model: the Flax model.
@@ -373,13 +391,26 @@ def make_train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    **extra)
     params = optax.apply_updates(state.params, updates)
-    n = jnp.float32(labels.shape[0])
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    sums = {"loss": state.sums["loss"] + loss * n,
-            "correct": state.sums["correct"] + correct,
-            "count": state.sums["count"] + n}
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                              for g in jax.tree.leaves(grads)))
+    # A step with a non-finite loss or gradient leaves the model state
+    # (BatchNorm/ANAct statistics) and the epoch sums as they were, so a run
+    # that rides it out (optax.apply_if_finite keeps params and opt_state)
+    # is not poisoned by its forward pass; `health` counts it.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               model_state, state.model_state)
+    n = jnp.float32(labels.shape[0])
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    sums = {"loss": state.sums["loss"] + jnp.where(finite, loss * n, 0.0),
+            "correct": state.sums["correct"] + jnp.where(finite, correct, 0.0),
+            "count": state.sums["count"] + jnp.where(finite, n, 0.0)}
+    h = state.health
+    health = {
+        "streak": jnp.where(finite, 0, h["streak"] + 1),
+        "first": jnp.where(finite, -1, jnp.where(h["streak"] == 0,
+                                                 state.step + 1, h["first"])),
+        "total": h["total"] + jnp.where(finite, 0, 1)}
     metrics = {"loss": loss, "grad_norm": grad_norm}
     if telemetry is not None:
       metrics.update(_telemetry(telemetry, grads, opt_state, model_state))
@@ -390,7 +421,7 @@ def make_train_step(
         metrics["signal_norms"] = norms
     new_state = state.replace(step=state.step + 1, params=params,
                               model_state=model_state, opt_state=opt_state,
-                              sums=sums)
+                              sums=sums, health=health)
     return new_state, metrics
 
   return step

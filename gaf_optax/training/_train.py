@@ -13,6 +13,12 @@ controller state, and the current epoch's metric sums), so a resumed run
 continues with the same batches and reports the same metrics as an
 uninterrupted one.
 
+Nothing good is lost when a run ends early (:mod:`._guard`): SIGTERM and
+SIGINT checkpoint the current step and raise :class:`Preempted`; a
+non-finite loss or gradient raises :class:`NonFiniteError` without saving
+the diverged state; a resume checks ``WORKDIR/run.json`` against the run's
+step-defining settings (:mod:`._workdir`).
+
 Two drivers share the pure step of :mod:`gaf_optax.training._step`:
 :meth:`Trainer.fit` (a Python loop over the jitted, sharded step, with
 checkpoints and metric files; what convolutions on XLA:CPU want) and
@@ -35,7 +41,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gaf_optax import data as data_lib
 from gaf_optax.training import _build
+from gaf_optax.training import _guard
 from gaf_optax.training import _step
+from gaf_optax.training import _workdir
 from gaf_optax.training._checkpoint import Checkpointer
 from gaf_optax.training._metrics import MetricWriter
 from gaf_optax.training._step import Preprocess
@@ -84,6 +92,18 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
+def _check_int(name: str, value, low: int) -> None:
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or
+      value < low):
+    raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir {workdir!r} is a file; it must be a directory "
+                     "(or a path that does not exist yet).")
+
+
 def _progress(total, desc, enabled):
   if not enabled:
     return None
@@ -125,6 +145,13 @@ class Trainer:
       ``learning_rate`` column (None: no column).
     loss_fn: per-example loss of ``(logits, labels)``.
     compiler_options: XLA compiler options for the jitted steps.
+    skip_nonfinite_steps: how many consecutive steps with a non-finite loss
+      or gradient to ride out. 0 (default): :meth:`fit` stops at the first
+      with :class:`NonFiniteError`. N > 0: ``tx`` is wrapped in
+      ``optax.apply_if_finite(tx, N)`` (pass the bare ``tx``), so such a
+      step changes no parameter or optimizer state, and the step leaves the
+      model state and the epoch sums alone; the N+1-th in a row stops the
+      run.
 
   Example:
     >>> import gaf_optax
@@ -149,10 +176,15 @@ class Trainer:
                telemetry: Telemetry | None = None,
                learning_rate: optax.ScalarOrSchedule | None = None,
                loss_fn: _step.LossFn = _step.softmax_cross_entropy,
-               compiler_options: dict[str, Any] | None = None):
+               compiler_options: dict[str, Any] | None = None,
+               skip_nonfinite_steps: int = 0):
     if not isinstance(tx, optax.GradientTransformation):
       raise TypeError(f"tx must be an optax.GradientTransformation; got "
                       f"{type(tx).__name__}.")
+    _check_int("seed", seed, 0)
+    _check_int("skip_nonfinite_steps", skip_nonfinite_steps, 0)
+    if skip_nonfinite_steps:
+      tx = optax.apply_if_finite(tx, skip_nonfinite_steps)
     if not isinstance(dataset, data_lib.Dataset):
       raise TypeError(
           "dataset must be a gaf_optax.data.Dataset (gaf_optax.data.get(...)"
@@ -171,6 +203,7 @@ class Trainer:
     self.amplification_points = amplification_points
     self.telemetry = telemetry
     self.learning_rate = learning_rate
+    self.skip_nonfinite_steps = skip_nonfinite_steps
     self.config = None  # set by from_config
     num_devices = self.mesh.devices.size
     for name, size in (("batch_size", self.batch_size),
@@ -210,7 +243,12 @@ class Trainer:
       config: a complete ``ml_collections.ConfigDict`` (the fields of
         ``experiments/configs/default.py``, the one place defaults live).
       mesh: the device mesh (default: ``config.num_devices`` devices).
+
+    Raises:
+      ValueError: for a field with a value it does not accept, naming it
+        (:func:`validate_config`), before any data are read.
     """
+    _build.validate_config(config)
     dataset = data_lib.get(
         config.dataset, data_dir=config.data_dir,
         train_size=config.train_size, test_size=config.test_size,
@@ -237,7 +275,8 @@ class Trainer:
         eval_batch_size=config.eval_batch_size, mesh=mesh,
         preprocess=preprocess, amplification_points=uses_points,
         telemetry=_build.build_telemetry(config),
-        learning_rate=_build.build_schedule(config, steps_per_epoch))
+        learning_rate=_build.build_schedule(config, steps_per_epoch),
+        skip_nonfinite_steps=config.skip_nonfinite_steps)
     trainer.config = config
     return trainer
 
@@ -321,53 +360,131 @@ class Trainer:
     return float(self.learning_rate)
 
   # ------------------------------------------------------------- drivers
+  def run_info(self) -> dict[str, Any]:
+    """The settings that give this run's step count its meaning.
+
+    Stored as ``WORKDIR/run.json`` at a fresh start; :meth:`fit` refuses to
+    resume a checkpoint whose run had other values. From a config, the
+    config's fields too, apart from those that only say how to run
+    (:data:`gaf_optax.training.RESUMABLE_FIELDS`).
+    """
+    info = {"dataset": self.dataset.name, "num_train": self.dataset.num_train,
+            "image_shape": list(self.dataset.image_shape),
+            "num_classes": self.dataset.num_classes,
+            "batch_size": self.batch_size, "seed": self.seed,
+            "steps_per_epoch": self.steps_per_epoch,
+            "model": type(self.model).__name__,
+            "skip_nonfinite_steps": self.skip_nonfinite_steps}
+    if self.config is not None:
+      info["config"] = _build.step_defining_fields(self.config)
+    return info
+
+  def _save(self, ckpt: Checkpointer, step: int) -> None:
+    """Checkpoints the state unless it diverged (then raises)."""
+    self._check_health(ckpt)
+    if not bool(_guard.all_finite(self.state)):
+      raise _guard.NonFiniteError(
+          f"The state after step {step} holds non-finite values although "
+          "every loss and gradient norm was finite (an overflowing update?); "
+          f"it was not saved. The last good checkpoint is step "
+          f"{ckpt.latest_step()} in {ckpt.directory}.",
+          step=step, checkpoint=ckpt.latest_step())
+    if ckpt.latest_step() != step:
+      ckpt.save(step, self.state)
+
+  def _check_health(self, ckpt: Checkpointer | None) -> None:
+    h = _guard.health(self.state)
+    if h["streak"] > self.skip_nonfinite_steps:
+      raise _guard.nonfinite_error(
+          h, allowed=self.skip_nonfinite_steps,
+          checkpoint=None if ckpt is None else ckpt.latest_step(),
+          directory=None if ckpt is None else ckpt.directory)
+
   def fit(self, workdir: str | None = None, *, max_steps: int | None = None,
-          checkpoint_every_steps: int = 0, checkpoint_at_end: bool = True,
+          checkpoint_every_steps: int = 1000,
+          checkpoint_at_end: bool = True,
           keep_checkpoints: int = 3, restore_step: int | None = None,
           tensorboard: bool = True, log_to_stdout: bool = True,
-          progress: bool = True, probe: Probe | None = None
-          ) -> dict[str, Any]:
+          progress: bool = True, probe: Probe | None = None,
+          check_every: int = 100) -> dict[str, Any]:
     """Trains ``num_epochs`` and evaluates after each; resumes from workdir.
+
+    A run never loses good work (:mod:`gaf_optax.training._guard`):
+
+    - a checkpoint in ``workdir`` is resumed, with the records up to its
+      step (a torn last line is dropped), if ``WORKDIR/run.json`` shows the
+      same step-defining settings (:meth:`run_info`), else a ValueError
+      names the ones that differ; without a checkpoint, earlier outputs are
+      set aside (``metrics.jsonl.old1`` ...) and the run starts anew;
+    - SIGTERM or SIGINT finishes the current step, checkpoints it (when
+      there is a workdir), flushes the writers and raises
+      :class:`Preempted`;
+    - a non-finite loss or gradient (beyond ``skip_nonfinite_steps`` in a
+      row) raises :class:`NonFiniteError`, naming the step and the last good
+      checkpoint; a diverged state is never saved, so checkpoint rotation
+      keeps the good ones.
 
     Args:
       workdir: output directory (``metrics.jsonl``, ``telemetry.jsonl``,
-        ``tensorboard/``, ``checkpoints/``); a checkpoint there is resumed.
-        None: nothing is written and nothing resumed.
+        ``tensorboard/``, ``checkpoints/``, ``run.json``); a checkpoint there
+        is resumed. None: nothing is written and nothing resumed.
       max_steps: stop after this global step without a final checkpoint, as
-        a preempted job would (for time-boxed runs and resume tests).
-      checkpoint_every_steps: also checkpoint every this many steps (0: no).
+        a hard kill would (for time-boxed runs and resume tests).
+      checkpoint_every_steps: also checkpoint every this many steps (0: no),
+        so that a hard kill loses at most that many.
       checkpoint_at_end: checkpoint after the last step.
-      keep_checkpoints: checkpoints kept.
+      keep_checkpoints: checkpoints kept (>= 1).
       restore_step: resume from this step instead of the latest.
       tensorboard: also write TensorBoard scalars.
       log_to_stdout: print each epoch's record.
       progress: show a progress bar per epoch (process 0).
       probe: ``state -> dict`` of arrays, jitted and added to each epoch's
         record (e.g. activation statistics of the trained network).
+      check_every: read the non-finite step count from the device every this
+        many steps (also before each checkpoint and at each epoch's end).
 
     Returns:
       A summary: ``records`` (one per epoch), ``last_test_accuracy``,
       ``best_test_accuracy``, ``final_train_loss``, ``step_loss`` (the loss
       of every step this call ran), ``telemetry`` (the kept steps' values,
-      ``{key: [per step]}`` with a ``step`` key), ``telemetry_names`` and the
-      final ``state``.
+      ``{key: [per step]}`` with a ``step`` key), ``telemetry_names``,
+      ``nonfinite_steps`` (steps ridden out) and the final ``state``.
+
+    Raises:
+      NonFiniteError: the run diverged.
+      Preempted: a stop signal arrived (the state is saved).
+      ValueError: bad arguments, or a checkpoint of a run with other
+        settings.
     """
+    for name, value, low in (("checkpoint_every_steps",
+                              checkpoint_every_steps, 0),
+                             ("keep_checkpoints", keep_checkpoints, 1),
+                             ("check_every", check_every, 1)):
+      _check_int(name, value, low)
+    if max_steps is not None:
+      _check_int("max_steps", max_steps, 0)
     ckpt = None
+    records: list[dict] = []
+    step = int(jax.device_get(self.state.step))  # a second fit() continues
     if workdir is not None:
+      _check_workdir(workdir)
       os.makedirs(workdir, exist_ok=True)
+      ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
+      if ckpt.latest_step() is not None:
+        try:
+          _workdir.check_run_info(workdir, self.run_info())
+        except ValueError:
+          ckpt.close()
+          raise
+      elif step == 0:
+        _workdir.set_aside_outputs(workdir)
+        _workdir.write_run_info(workdir, self.run_info())
       writer = MetricWriter(workdir, tensorboard=tensorboard,
                             stdout=log_to_stdout)
-      ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
     else:
       writer = MetricWriter(None, tensorboard=False, stdout=log_to_stdout)
     stop = self.total_steps if max_steps is None else min(max_steps,
                                                           self.total_steps)
-    records: list[dict] = []
-    step = int(jax.device_get(self.state.step))  # a second fit() continues
-    if ckpt is not None and ckpt.latest_step() is not None:
-      step, state = ckpt.restore(self.state, restore_step)
-      self.state = _own_buffers(jax.device_put(state, self.replicated))
-      records = writer.truncate_after(step)
     probe_fn = jax.jit(probe) if probe is not None else None
     every = self.telemetry.every if self.telemetry is not None else 0
     names = self.telemetry_names() if self.telemetry is not None else {}
@@ -376,61 +493,85 @@ class Trainer:
     step_loss: list[float] = []
     kept: list[tuple[int, dict]] = []
     telemetry: dict[str, list] = {}
+
+    def flush_telemetry():
+      for s, m in kept:
+        row = {"step": s, **_host(m)}
+        writer.write_telemetry(row, names)
+        for k, v in row.items():
+          telemetry.setdefault(k, []).append(v)
+      kept.clear()
+
     try:
-      while step < stop:
-        epoch, start_batch = divmod(step, spe)
-        bar = _progress(spe, f"epoch {epoch + 1}/{self.num_epochs}", show)
-        if bar is not None:
-          bar.update(start_batch)
-        t0 = time.perf_counter()
-        steps_run = 0
-        losses = []
-        for batch in self.train_batches(epoch, start_batch):
-          if step == stop:
-            break
-          metrics = self.train_step(batch)
-          step += 1
-          steps_run += 1
-          losses.append(metrics["loss"])
-          if every and step % every == 0:
-            kept.append((step, metrics))
+      if ckpt is not None and ckpt.latest_step() is not None:
+        step, state = ckpt.restore(self.state, restore_step)
+        self.state = _own_buffers(jax.device_put(state, self.replicated))
+        records = writer.truncate_after(step)
+      with _guard.StopSignals() as signals:
+        while step < stop:
+          epoch, start_batch = divmod(step, spe)
+          bar = _progress(spe, f"epoch {epoch + 1}/{self.num_epochs}", show)
           if bar is not None:
-            bar.update(1)
-          if ckpt is not None and checkpoint_every_steps and (
-              step % checkpoint_every_steps == 0 and step % spe):
-            ckpt.save(step, self.state)
-        jax.block_until_ready(self.state)
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-          bar.close()
-        step_loss += [float(x) for x in jax.device_get(losses)]
-        for s, m in kept:
-          row = {"step": s, **_host(m)}
-          writer.write_telemetry(row, names)
-          for k, v in row.items():
-            telemetry.setdefault(k, []).append(v)
-        kept = []
-        if step % spe:  # stopped inside the epoch (max_steps)
-          break
-        record = {"step": step, "epoch": epoch + 1, **self.take_epoch_sums(),
-                  **self.evaluate()}
-        best = max([r["test_accuracy"] for r in records] +
-                   [record["test_accuracy"]])
-        record.update(
-            best_test_accuracy=best, epoch_seconds=seconds,
-            images_per_second=steps_run * self.batch_size / max(seconds,
-                                                                1e-9))
-        lr = self._lr(step - 1)
-        if lr is not None:
-          record["learning_rate"] = lr
-        if probe_fn is not None:
-          record.update(_host(probe_fn(self.state)))
-        records.append(record)
-        writer.write(record)
-        if ckpt is not None and (
-            (checkpoint_every_steps and step % checkpoint_every_steps == 0) or
-            (checkpoint_at_end and step == self.total_steps)):
-          ckpt.save(step, self.state)
+            bar.update(start_batch)
+          t0 = time.perf_counter()
+          steps_run = 0
+          losses = []
+          for batch in self.train_batches(epoch, start_batch):
+            if step == stop:
+              break
+            metrics = self.train_step(batch)
+            step += 1
+            steps_run += 1
+            losses.append(metrics["loss"])
+            if every and step % every == 0:
+              kept.append((step, metrics))
+            if bar is not None:
+              bar.update(1)
+            if step % check_every == 0:
+              self._check_health(ckpt)
+            if ckpt is not None and checkpoint_every_steps and (
+                step % checkpoint_every_steps == 0 and step % spe):
+              self._save(ckpt, step)
+            if signals.should_stop(step):
+              if bar is not None:
+                bar.close()
+              flush_telemetry()
+              if ckpt is not None:
+                self._save(ckpt, step)
+              raise _guard.preempted(
+                  step, signals.signum,
+                  None if ckpt is None else ckpt.latest_step(),
+                  None if ckpt is None else ckpt.directory)
+          jax.block_until_ready(self.state)
+          seconds = time.perf_counter() - t0
+          if bar is not None:
+            bar.close()
+          step_loss += [float(x) for x in jax.device_get(losses)]
+          flush_telemetry()
+          self._check_health(ckpt)
+          if step % spe:  # stopped inside the epoch (max_steps)
+            break
+          record = {"step": step, "epoch": epoch + 1,
+                    **self.take_epoch_sums(), **self.evaluate()}
+          best = max([r["test_accuracy"] for r in records] +
+                     [record["test_accuracy"]])
+          record.update(
+              best_test_accuracy=best, epoch_seconds=seconds,
+              images_per_second=steps_run * self.batch_size / max(seconds,
+                                                                  1e-9))
+          lr = self._lr(step - 1)
+          if lr is not None:
+            record["learning_rate"] = lr
+          if self.skip_nonfinite_steps:
+            record["nonfinite_steps"] = _guard.health(self.state)["total"]
+          if probe_fn is not None:
+            record.update(_host(probe_fn(self.state)))
+          records.append(record)
+          writer.write(record)
+          if ckpt is not None and (
+              (checkpoint_every_steps and step % checkpoint_every_steps == 0)
+              or (checkpoint_at_end and step == self.total_steps)):
+            self._save(ckpt, step)
     finally:
       if ckpt is not None:
         ckpt.close()
@@ -445,6 +586,7 @@ class Trainer:
         "step_loss": step_loss,
         "telemetry": telemetry,
         "telemetry_names": names,
+        "nonfinite_steps": _guard.health(self.state)["total"],
         "state": self.state,
     }
 
@@ -539,6 +681,8 @@ def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
   Returns:
     :meth:`Trainer.fit`'s summary.
   """
+  _build.validate_config(config)
+  _check_workdir(workdir)
   initialize_distributed(config)
   trainer = Trainer.from_config(config, mesh)
   return trainer.fit(
@@ -547,4 +691,5 @@ def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
       checkpoint_at_end=config.checkpoint_at_end,
       keep_checkpoints=config.keep_checkpoints,
       restore_step=config.restore_step, tensorboard=config.tensorboard,
-      log_to_stdout=config.log_to_stdout, progress=config.progress)
+      log_to_stdout=config.log_to_stdout, progress=config.progress,
+      check_every=config.check_every)
