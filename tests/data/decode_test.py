@@ -25,6 +25,12 @@ EIGHT = np.array([[0, 0, 1, 127], [128, 156, 255, 255]], np.uint8)
 
 
 def _encode(image, fmt="PNG"):
+  if fmt == "PPM" and image.mode == "I;16":
+    # A 16-bit PGM by hand (P5, maxval 65535, big-endian samples): older
+    # Pillow releases (10.0) cannot write one.
+    samples = np.asarray(image, np.uint16)
+    h, w = samples.shape
+    return f"P5\n{w} {h}\n65535\n".encode() + samples.astype(">u2").tobytes()
   buf = io.BytesIO()
   image.save(buf, format=fmt)
   return buf.getvalue()
