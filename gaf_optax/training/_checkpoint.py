@@ -47,20 +47,40 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     _remove_unfinished(self.directory)
+    self._pending: int | None = None
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    """The newest step saved, or being saved (complete after :meth:`close`)."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps())
+    steps = set(self._manager.all_steps())
+    if self._pending is not None:
+      steps.add(self._pending)
+    return sorted(steps)
 
   def save(self, step: int, tree: Any) -> None:
+    """Starts saving ``tree`` as ``step`` and returns without waiting.
+
+    Orbax's asynchronous save copies the arrays off the devices before it
+    returns (so the caller may donate or delete them) and writes the files
+    in a background thread; the next save, a restore and :meth:`close` wait
+    for it. Training does not stall on the file system.
+    """
+    if step in self.all_steps():
+      return
     self._manager.save(step, args=ocp.args.StandardSave(tree))
+    self._pending = step
+
+  def wait(self) -> None:
+    """Blocks until the save in flight (if any) is complete on disk."""
     self._manager.wait_until_finished()
+    self._pending = None
 
   def restore(self, target: Any, step: int | None = None) -> tuple[int, Any]:
     """Restores ``step`` (default: the latest) into the structure of target.
@@ -71,6 +91,7 @@ class Checkpointer:
     Raises:
       ValueError: if the step does not exist or cannot be read.
     """
+    self.wait()
     steps = self.all_steps()
     if step is None:
       step = self.latest_step()
@@ -92,4 +113,6 @@ class Checkpointer:
     return step, tree
 
   def close(self) -> None:
+    """Waits for the save in flight, then releases Orbax's resources."""
+    self.wait()
     self._manager.close()

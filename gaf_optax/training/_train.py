@@ -389,8 +389,7 @@ class Trainer:
           f"it was not saved. The last good checkpoint is step "
           f"{ckpt.latest_step()} in {ckpt.directory}.",
           step=step, checkpoint=ckpt.latest_step())
-    if ckpt.latest_step() != step:
-      ckpt.save(step, self.state)
+    ckpt.save(step, self.state)  # asynchronous; a no-op if step is saved
 
   def _check_health(self, ckpt: Checkpointer | None) -> None:
     h = _guard.health(self.state)
