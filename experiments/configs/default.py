@@ -84,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.seed = 0
   c.num_devices = ml_collections.FieldReference(None, field_type=int)
+  # The state's layout over the devices: "replicated" (data parallel) or
+  # "fsdp" (parameters and optimizer buffers of at least fsdp_min_bytes
+  # split over the devices, ZeRO-3; gaf_optax.training.state_shardings).
+  c.sharding = "replicated"
+  c.fsdp_min_bytes = 1 << 20
   # A hard kill loses at most this many steps (a minute or two of a CIFAR
   # ResNet on one GPU); SIGTERM/SIGINT checkpoint the current step first.
   c.checkpoint_every_steps = 1000  # 0: at the end (and on SIGTERM) only
@@ -100,8 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.progress = True
   c.log_to_stdout = True
 
-  # Multi-host: set coordinator_address to call jax.distributed.initialize.
+  # Multi-host: jax.distributed.initialize() with `auto` where JAX detects
+  # the cluster (Cloud TPU, SLURM, Open MPI), or with coordinator_address
+  # (and the fields below) given explicitly.
   c.distributed = ml_collections.ConfigDict({
+      "auto": False,
       "coordinator_address": ml_collections.FieldReference(None,
                                                            field_type=str),
       "num_processes": ml_collections.FieldReference(None, field_type=int),

@@ -43,6 +43,9 @@ from gaf_optax.training._guard import Preempted
 from gaf_optax.training._guard import TrainingStopped
 from gaf_optax.training._guard import all_finite
 from gaf_optax.training._metrics import MetricWriter
+from gaf_optax.training._sharding import fsdp_spec
+from gaf_optax.training._sharding import per_device_bytes
+from gaf_optax.training._sharding import state_shardings
 from gaf_optax.training._metrics import read_records
 from gaf_optax.training._step import Preprocess
 from gaf_optax.training._step import Telemetry
@@ -77,6 +80,7 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "build_telemetry",
+    "fsdp_spec",
     "get_activation",
     "init_state",
     "initialize_distributed",
@@ -85,8 +89,10 @@ __all__ = [
     "make_eval_step",
     "make_mesh",
     "make_train_step",
+    "per_device_bytes",
     "read_records",
     "softmax_cross_entropy",
+    "state_shardings",
     "train_and_evaluate",
     "validate_config",
 ]

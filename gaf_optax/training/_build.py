@@ -270,8 +270,8 @@ def build_telemetry(config) -> Telemetry | None:
 
 # Fields that say how to run, not what a step is: a resume may change them.
 RESUMABLE_FIELDS = frozenset({
-    "data_dir", "num_devices", "eval_batch_size", "checkpoint_every_steps",
-    "checkpoint_at_end", "keep_checkpoints", "restore_step", "tensorboard",
+    "data_dir", "num_devices", "sharding", "fsdp_min_bytes", "eval_batch_size",
+    "checkpoint_every_steps", "checkpoint_at_end", "keep_checkpoints", "restore_step", "tensorboard",
     "progress", "log_to_stdout", "check_every", "telemetry", "distributed"})
 
 
@@ -336,6 +336,7 @@ _RULES = {
     "warmup_epochs": _float_in(0, None),
     "decay_factor": _float_in(0, None),
     "telemetry.every": _int_at_least(1),
+    "fsdp_min_bytes": _int_at_least(0),
     "amplification.factor": _float_in(0, None, open_low=True),
     "amplification.start_epoch": _int_at_least(0),
 }
@@ -355,6 +356,9 @@ def validate_config(config) -> None:
       value = value[part]
     if not ok(value):
       raise ValueError(f"config.{field} must be {what}; got {value!r}.")
+  if config.sharding not in ("replicated", "fsdp"):
+    raise ValueError("config.sharding must be 'replicated' or 'fsdp'; got "
+                     f"{config.sharding!r}.")
   for epoch in config.decay_epochs:
     if not _number(epoch) or epoch < 0:
       raise ValueError("config.decay_epochs must hold numbers >= 0; got "

@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gaf_optax import data as data_lib
 from gaf_optax.training import _build
 from gaf_optax.training import _guard
+from gaf_optax.training import _sharding
 from gaf_optax.training import _step
 from gaf_optax.training import _workdir
 from gaf_optax.training._checkpoint import Checkpointer
@@ -70,15 +71,25 @@ def _own_buffers(tree):
 
 
 def initialize_distributed(config) -> None:
-  """``jax.distributed.initialize`` when ``config.distributed`` asks for it."""
+  """``jax.distributed.initialize`` when ``config.distributed`` asks for it.
+
+  ``distributed.auto``: no addresses needed where JAX detects the cluster
+  (Cloud TPU, SLURM, Open MPI, Kubernetes jobs); any of
+  ``coordinator_address``, ``num_processes``, ``process_id`` and
+  ``local_device_ids`` that are set are passed on. Without ``auto``, only an
+  explicit ``coordinator_address`` starts it. Nothing happens if the
+  runtime is already initialized.
+  """
   dist = config.distributed
-  if not dist.coordinator_address:
+  if not (dist.auto or dist.coordinator_address):
     return
-  jax.distributed.initialize(
-      coordinator_address=dist.coordinator_address,
-      num_processes=dist.num_processes,
-      process_id=dist.process_id,
-      local_device_ids=dist.local_device_ids)
+  is_initialized = getattr(jax.distributed, "is_initialized", None)
+  if is_initialized is not None and is_initialized():
+    return
+  kwargs = {k: dist[k] for k in ("coordinator_address", "num_processes",
+                                 "process_id", "local_device_ids")
+            if dist[k] is not None}
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -152,6 +163,13 @@ class Trainer:
       step changes no parameter or optimizer state, and the step leaves the
       model state and the epoch sums alone; the N+1-th in a row stops the
       run.
+    sharding: the state's layout on the mesh: ``"replicated"`` (default) or
+      ``"fsdp"``, every state array of at least ``fsdp_min_bytes`` split over
+      the data axis along its largest divisible dimension
+      (:mod:`gaf_optax.training._sharding`). The results are the same up to
+      float32 reduction order; checkpoints restore onto either layout and
+      any device count.
+    fsdp_min_bytes: arrays below this size stay replicated under FSDP.
 
   Example:
     >>> import gaf_optax
@@ -177,7 +195,9 @@ class Trainer:
                learning_rate: optax.ScalarOrSchedule | None = None,
                loss_fn: _step.LossFn = _step.softmax_cross_entropy,
                compiler_options: dict[str, Any] | None = None,
-               skip_nonfinite_steps: int = 0):
+               skip_nonfinite_steps: int = 0,
+               sharding: _sharding.Layout = "replicated",
+               fsdp_min_bytes: int = 1 << 20):
     if not isinstance(tx, optax.GradientTransformation):
       raise TypeError(f"tx must be an optax.GradientTransformation; got "
                       f"{type(tx).__name__}.")
@@ -222,6 +242,11 @@ class Trainer:
     self.total_steps = num_epochs * self.steps_per_epoch
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    self.sharding = sharding
+    self.state_sharding = _sharding.state_shardings(
+        jax.eval_shape(lambda: _step.init_state(
+            model, self.tx, 0, dataset.image_shape)),
+        self.mesh, sharding, min_bytes=fsdp_min_bytes)
     self.step_fn = _step.make_train_step(
         model, tx, self.preprocess, amplification_points=amplification_points,
         telemetry=telemetry, loss_fn=loss_fn)
@@ -230,7 +255,7 @@ class Trainer:
     self.compiler_options = compiler_options
     self._state = None  # built on first use (fit_seeds does not need it)
     self._train_step = jax.jit(self.step_fn, donate_argnums=0,
-                               out_shardings=(self.replicated, None),
+                               out_shardings=(self.state_sharding, None),
                                compiler_options=compiler_options)
     self._eval_step = jax.jit(self.eval_fn, compiler_options=compiler_options)
 
@@ -276,7 +301,8 @@ class Trainer:
         preprocess=preprocess, amplification_points=uses_points,
         telemetry=_build.build_telemetry(config),
         learning_rate=_build.build_schedule(config, steps_per_epoch),
-        skip_nonfinite_steps=config.skip_nonfinite_steps)
+        skip_nonfinite_steps=config.skip_nonfinite_steps,
+        sharding=config.sharding, fsdp_min_bytes=config.fsdp_min_bytes)
     trainer.config = config
     return trainer
 
@@ -294,8 +320,9 @@ class Trainer:
   def init_state(self, seed: int) -> TrainState:
     """A fresh, replicated state for ``seed``."""
     init = jax.jit(lambda: _step.init_state(self.model, self.tx, seed,
-                                            self.dataset.image_shape))
-    return _own_buffers(jax.device_put(init(), self.replicated))
+                                            self.dataset.image_shape),
+                   out_shardings=self.state_sharding)
+    return _own_buffers(init())
 
   # ------------------------------------------------------------- names
   def telemetry_names(self) -> dict[str, list[str]]:
@@ -504,7 +531,8 @@ class Trainer:
     try:
       if ckpt is not None and ckpt.latest_step() is not None:
         step, state = ckpt.restore(self.state, restore_step)
-        self.state = _own_buffers(jax.device_put(state, self.replicated))
+        self.state = _own_buffers(jax.device_put(state,
+                                                 self.state_sharding))
         records = writer.truncate_after(step)
       with _guard.StopSignals() as signals:
         while step < stop:

@@ -153,19 +153,26 @@ def _free_port():
 _WORKER = textwrap.dedent("""
     import json, sys
     import jax
-    jax.config.update("jax_num_cpu_devices", 2)
+    port, pid, out, devices, sharding = sys.argv[1:]
+    pid, devices = int(pid), int(devices)
+    jax.config.update("jax_num_cpu_devices", devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     sys.path.insert(0, {repo!r})
+    from jax.sharding import PartitionSpec as P
     from tests.training.training_test import _config
     from gaf_optax import training
-    port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     config = _config(**{{"distributed.coordinator_address": f"127.0.0.1:{{port}}",
                         "distributed.num_processes": 2,
                         "num_devices": None,
-                        "distributed.process_id": pid}})
+                        "distributed.process_id": pid,
+                        "sharding": sharding, "fsdp_min_bytes": 0}})
     training.initialize_distributed(config)
-    assert jax.process_count() == 2 and jax.device_count() == 4
+    assert jax.process_count() == 2 and jax.device_count() == 2 * devices
     trainer = training.Trainer.from_config(config)
+    kernel = trainer.state.params["fc1"]["kernel"]
+    if sharding == "fsdp":  # split over both processes' devices
+      assert kernel.sharding.spec == P("data", None), kernel.sharding
+      assert len(kernel.addressable_shards) == devices
     losses = []
     for i, batch in enumerate(trainer.train_batches(0)):
       if i == 6:
@@ -178,13 +185,16 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("devices, sharding", [(2, "replicated"),
+                                               (4, "fsdp")])
+def test_two_processes_match_one_process(tmp_path, devices, sharding):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER.format(repo=REPO))
   port = str(_free_port())
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen(
-      [sys.executable, str(script), port, str(i), str(tmp_path / f"{i}.json")],
+      [sys.executable, str(script), port, str(i), str(tmp_path / f"{i}.json"),
+       str(devices), sharding],
       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
   outputs = []
@@ -199,7 +209,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert all(p.returncode == 0 for p in procs), outputs
   results = [json.loads((tmp_path / f"{i}.json").read_text()) for i in (0, 1)]
   assert results[0] == results[1]  # both see the same global values
-  one, _ = _losses(_config(), training.make_mesh(4))
+  one, _ = _losses(_config(), training.make_mesh(2 * devices))
   np.testing.assert_allclose(results[0]["losses"], one, rtol=2e-5)
 
 

@@ -1,0 +1,16 @@
+"""The FSDP memory benchmark reads the bytes from the arrays' shards."""
+
+import pytest
+
+from experiments.benchmarks import sharding
+
+
+def test_fsdp_holds_about_one_eighth_per_device(capsys):
+  res = sharding.main(["--model", "resnet8", "--devices", "8",
+                       "--optimizers", "sgd", "--fsdp-min-bytes", "0"])
+  rep, part = res[("sgd", "replicated")], res[("sgd", "fsdp")]
+  assert rep == 2 * 4 * 75_290  # float32 params + momentum, all of them
+  assert rep / 8 <= part < rep / 7
+  assert "| sgd |" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    sharding.main(["--optimizers", "lion"])
