@@ -528,6 +528,14 @@ class Trainer:
           telemetry.setdefault(k, []).append(v)
       kept.clear()
 
+    def stop_for_signal():
+      flush_telemetry()
+      if ckpt is not None:
+        self._save(ckpt, step)
+      raise _guard.preempted(
+          step, signals.signum, None if ckpt is None else ckpt.latest_step(),
+          None if ckpt is None else ckpt.directory)
+
     try:
       if ckpt is not None and ckpt.latest_step() is not None:
         step, state = ckpt.restore(self.state, restore_step)
@@ -559,16 +567,12 @@ class Trainer:
             if ckpt is not None and checkpoint_every_steps and (
                 step % checkpoint_every_steps == 0 and step % spe):
               self._save(ckpt, step)
-            if signals.should_stop(step):
+            # An epoch's last step is asked after its record is written, so
+            # a stop there keeps the epoch's evaluation.
+            if step % spe and signals.should_stop(step):
               if bar is not None:
                 bar.close()
-              flush_telemetry()
-              if ckpt is not None:
-                self._save(ckpt, step)
-              raise _guard.preempted(
-                  step, signals.signum,
-                  None if ckpt is None else ckpt.latest_step(),
-                  None if ckpt is None else ckpt.directory)
+              stop_for_signal()
           jax.block_until_ready(self.state)
           seconds = time.perf_counter() - t0
           if bar is not None:
@@ -599,6 +603,8 @@ class Trainer:
               (checkpoint_every_steps and step % checkpoint_every_steps == 0)
               or (checkpoint_at_end and step == self.total_steps)):
             self._save(ckpt, step)
+          if step < stop and signals.should_stop(step):
+            stop_for_signal()
     finally:
       if ckpt is not None:
         ckpt.close()

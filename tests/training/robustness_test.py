@@ -187,9 +187,11 @@ class _Signalling(training.Trainer):
       yield batch
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+# Mid-epoch, and at an epoch's last step (its record must not be lost).
+@pytest.mark.parametrize("signum, at", [(signal.SIGTERM, 30),
+                                        (signal.SIGINT, 21)])
 def test_a_stop_signal_saves_the_step_and_the_resumed_run_is_exact(
-    digits, tmp_path, signum):
+    digits, tmp_path, signum, at):
   kwargs = dict(batch_size=BATCH, num_epochs=3, mesh=training.make_mesh(1))
   model = models.MLP(features=(16,), num_classes=10)
   tx = optax.sgd(0.05, 0.9)
@@ -199,11 +201,12 @@ def test_a_stop_signal_saves_the_step_and_the_resumed_run_is_exact(
   handler = signal.getsignal(signum)
   with pytest.raises(training.Preempted,
                      match=rf"Stopped by {signal.Signals(signum).name} after "
-                     r"step 30: saved a checkpoint at step 30") as e:
-    _fit(_Signalling(model, tx, digits, at=30, signum=signum, **kwargs),
+                     rf"step {at}: saved a checkpoint at step {at}") as e:
+    _fit(_Signalling(model, tx, digits, at=at, signum=signum, **kwargs),
          work)
-  assert (e.value.step, e.value.checkpoint, e.value.signum) == (30, 30,
+  assert (e.value.step, e.value.checkpoint, e.value.signum) == (at, at,
                                                                 signum)
+  assert len(training.read_records(str(work / "metrics.jsonl"))) == at // 21
   assert signal.getsignal(signum) is handler  # handlers are put back
   resumed = _fit(training.Trainer(model, tx, digits, **kwargs), work)
   assert _strip_timing(resumed["records"]) == _strip_timing(full["records"])
@@ -222,7 +225,7 @@ _CHILD = textwrap.dedent("""
         for i, b in enumerate(super().train_batches(epoch, start_batch)):
           if epoch == 1 and start_batch + i == 5:
             print("mid-epoch", flush=True)
-          time.sleep(0.05)
+          time.sleep(float(sys.argv[2]))
           yield b
 
     trainer = Slow(models.MLP(features=(16,), num_classes=10),
@@ -244,7 +247,8 @@ def test_sigterm_to_a_subprocess_then_resume_equals_an_uninterrupted_run(
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
   def run(workdir, kill):
-    p = subprocess.Popen([sys.executable, str(script), str(workdir)],
+    p = subprocess.Popen([sys.executable, str(script), str(workdir),
+                          "0.05" if kill else "0"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          env=env, cwd=REPO, text=True)
     lines = []
@@ -428,7 +432,7 @@ _HOST = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 1)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     sys.path.insert(0, {repo!r})
-    port, pid, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    port, pid, work, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     jax.distributed.initialize(f"127.0.0.1:{{port}}", 2, pid)
     import optax
     from gaf_optax import data, models, training
@@ -438,7 +442,7 @@ _HOST = textwrap.dedent("""
         for i, b in enumerate(super().train_batches(epoch, start_batch)):
           if epoch == 1 and start_batch + i == 5:
             print("mid-epoch", flush=True)
-          time.sleep(0.05)
+          time.sleep(pause)
           yield b
 
     trainer = Slow(models.MLP(features=(16,), num_classes=10),
@@ -469,7 +473,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
       s.bind(("127.0.0.1", 0))
       port = str(s.getsockname()[1])
     procs = [subprocess.Popen(
-        [sys.executable, str(script), port, str(i), str(work)], env=env,
+        [sys.executable, str(script), port, str(i), str(work),
+         "0.1" if kill else "0"], env=env,
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outs = [[], []]
@@ -505,7 +510,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     assert ckpt.all_steps() == [int(step)]
   finally:
     ckpt.close()
-  assert 21 < int(step) < 42  # inside epoch 2
+  # After the notice (step 27), before the end (63); how many steps the
+  # agreement takes depends on the coordination service's latency.
+  assert 27 <= int(step) < 63
   codes, outs = run(kill=False)
   assert codes == [0, 0], [o[-2000:] for o in outs]
   assert [r["epoch"] for r in training.read_records(
