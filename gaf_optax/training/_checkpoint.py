@@ -67,13 +67,17 @@ class Checkpointer:
   def save(self, step: int, tree: Any) -> None:
     """Starts saving ``tree`` as ``step`` and returns without waiting.
 
-    Orbax's asynchronous save copies the arrays off the devices before it
-    returns (so the caller may donate or delete them) and writes the files
-    in a background thread; the next save, a restore and :meth:`close` wait
-    for it. Training does not stall on the file system.
+    Orbax writes the files in a background thread; the next save, a restore
+    and :meth:`close` wait for it, so training does not stall on the file
+    system. It is handed a device copy of ``tree``: the train step donates
+    the state's buffers, and older Orbax releases (0.11) still read them
+    after ``save`` returns (a resumed run then differed from an
+    uninterrupted one), so the caller may donate or delete ``tree`` at once.
     """
     if step in self.all_steps():
       return
+    tree = jax.tree.map(
+        lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
     self._manager.save(step, args=ocp.args.StandardSave(tree))
     self._pending = step
 
