@@ -173,6 +173,13 @@ def test_the_bare_sgd_gaf_buffer_stays_inf_and_the_trainer_stops():
 
 
 # ------------------------------------------------------------ preemption
+def _plain(ds, num_epochs, cls=training.Trainer, **kwargs):
+  """A fresh trainer of the same small MLP run (for interrupted vs whole)."""
+  return cls(models.MLP(features=(16,), num_classes=10), optax.sgd(0.05, 0.9),
+             ds, batch_size=BATCH, num_epochs=num_epochs,
+             mesh=training.make_mesh(1), **kwargs)
+
+
 class _Signalling(training.Trainer):
   """Sends itself ``signum`` while the batch of step ``at`` is read."""
 
@@ -192,23 +199,18 @@ class _Signalling(training.Trainer):
                                         (signal.SIGINT, 21)])
 def test_a_stop_signal_saves_the_step_and_the_resumed_run_is_exact(
     digits, tmp_path, signum, at):
-  kwargs = dict(batch_size=BATCH, num_epochs=3, mesh=training.make_mesh(1))
-  model = models.MLP(features=(16,), num_classes=10)
-  tx = optax.sgd(0.05, 0.9)
-  full = _fit(training.Trainer(model, tx, digits, **kwargs),
-              tmp_path / "full")
+  full = _fit(_plain(digits, 3), tmp_path / "full")
   work = tmp_path / "run"
   handler = signal.getsignal(signum)
   with pytest.raises(training.Preempted,
                      match=rf"Stopped by {signal.Signals(signum).name} after "
                      rf"step {at}: saved a checkpoint at step {at}") as e:
-    _fit(_Signalling(model, tx, digits, at=at, signum=signum, **kwargs),
-         work)
+    _fit(_plain(digits, 3, _Signalling, at=at, signum=signum), work)
   assert (e.value.step, e.value.checkpoint, e.value.signum) == (at, at,
                                                                 signum)
   assert len(training.read_records(str(work / "metrics.jsonl"))) == at // 21
   assert signal.getsignal(signum) is handler  # handlers are put back
-  resumed = _fit(training.Trainer(model, tx, digits, **kwargs), work)
+  resumed = _fit(_plain(digits, 3), work)
   assert _strip_timing(resumed["records"]) == _strip_timing(full["records"])
   assert _strip_timing(training.read_records(
       str(work / "metrics.jsonl"))) == _strip_timing(full["records"])
@@ -322,17 +324,12 @@ def test_resume_with_other_step_defining_settings_is_refused(
 
 
 def test_torn_last_metrics_line_is_dropped_on_resume(digits, tmp_path):
-  kwargs = dict(batch_size=BATCH, num_epochs=2, mesh=training.make_mesh(1))
-  model = models.MLP(features=(16,), num_classes=10)
-  tx = optax.sgd(0.05, 0.9)
-  full = _fit(training.Trainer(model, tx, digits, **kwargs),
-              tmp_path / "full")
+  full = _fit(_plain(digits, 2), tmp_path / "full")
   work = tmp_path / "run"
-  _fit(training.Trainer(model, tx, digits, **kwargs), work, max_steps=25,
-       checkpoint_every_steps=25)
+  _fit(_plain(digits, 2), work, max_steps=25, checkpoint_every_steps=25)
   with open(work / "metrics.jsonl", "a") as f:
     f.write('{"step": 42, "epoch": 2, "train_lo')  # killed mid-write
-  resumed = _fit(training.Trainer(model, tx, digits, **kwargs), work)
+  resumed = _fit(_plain(digits, 2), work)
   assert _strip_timing(resumed["records"]) == _strip_timing(full["records"])
   text = open(work / "metrics.jsonl").read()
   assert text.count("\n") == 2 and "train_lo\"" not in text
