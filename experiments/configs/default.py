@@ -21,6 +21,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_size = ml_collections.FieldReference(None, field_type=int)
   c.test_size = ml_collections.FieldReference(None, field_type=int)
   c.image_size = ml_collections.FieldReference(None, field_type=int)
+  # Grain worker processes that read, decode and crop training and test
+  # batches ahead of the step (lazy sets: ImageNet, large image folders);
+  # 0 reads in the training process. The batches do not depend on it.
+  c.data_workers = 0
+  # Hold an in-memory training set on the devices; steps get row indices.
+  c.device_data = False
   c.augment = True  # random crop with padding + horizontal flip
   c.crop_padding = 4
   c.flip = True

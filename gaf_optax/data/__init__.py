@@ -15,20 +15,25 @@ name                   what
                        ``validation`` split: resize 256, centre crop 224)
 ``tfds:NAME``          any TFDS set with ``image`` and ``label`` features
 ``folder:PATH``        ``PATH/{train,test}/<class>/<image>``, or a .tar.gz of
-                       that layout read in place; decoded once and cached
+                       that layout read in place; decoded once and cached,
+                       or (images of several sizes, large sets) read
+                       lazily and cropped on the host to 224x224
 =====================  ====================================================
 
 Every dataset has ``train`` and ``test`` random-access sources
 (``len(src)``, ``src[i] -> (uint8 HWC image, int label)``); small ones hold
-arrays in memory. :func:`batches` turns a source into per-process batches
-whose order depends only on ``(seed, epoch)``; :func:`preprocess` augments
-and normalises a batch on the device.
+arrays in memory, lazy ones (TFDS, large image folders) decode and crop
+each example on the host when it is read. :func:`batches` turns a source
+into per-process batches whose order depends only on ``(seed, epoch)``,
+read in the calling thread or, with ``num_workers=N``, in Grain worker
+processes that decode ahead of the training step (same batches either
+way); :func:`preprocess` augments and normalises a batch on the device.
 
 Dependencies: ``digits`` needs scikit-learn; image folders need Pillow; TFDS
 sets need ``tensorflow-datasets`` and ``array_record`` (read through
 ``tfds.data_source``, no TensorFlow). All are in the ``training`` extra.
 The sources are plain random-access sequences, so Grain can also read them
-(``grain.MapDataset.source(ds.train)``).
+directly (``grain.MapDataset.source(ds.train)``).
 
 Preparing a TFDS dataset is a one-time step on a machine with network access
 (TensorFlow may be needed there, never for reading)::
@@ -61,6 +66,7 @@ from typing import Callable
 from gaf_optax.data._augment import center_crop
 from gaf_optax.data._augment import preprocess
 from gaf_optax.data._augment import random_resized_crop
+from gaf_optax.data._batching import batch_rows
 from gaf_optax.data._batching import batches
 from gaf_optax.data._batching import epoch_order
 from gaf_optax.data._batching import steps_per_epoch
@@ -68,7 +74,8 @@ from gaf_optax.data._sources import ArraySource
 from gaf_optax.data._sources import Dataset
 from gaf_optax.data._sources import default_cache_dir
 from gaf_optax.data._sources import digits
-from gaf_optax.data._sources import folder
+from gaf_optax.data._host import RecordSource
+from gaf_optax.data._host import folder
 from gaf_optax.data._subset import balanced_subset
 from gaf_optax.data._subset import subset
 from gaf_optax.data._tfds import TfdsNotPreparedError
@@ -144,9 +151,11 @@ def _load(name, data_dir, download, cache_dir) -> Dataset:
 __all__ = [
     "ArraySource",
     "Dataset",
+    "RecordSource",
     "TfdsNotPreparedError",
     "TfdsSource",
     "balanced_subset",
+    "batch_rows",
     "batches",
     "center_crop",
     "default_cache_dir",

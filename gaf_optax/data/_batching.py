@@ -11,8 +11,6 @@ batches ``0 .. i - 1`` (exact resume from a step count).
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +50,132 @@ def _gather(source, indices: np.ndarray, seed) -> tuple[np.ndarray,
           np.array([e[1] for e in examples], np.int32))
 
 
+class _Batcher:
+  """Global batch ``k`` of a run, as this process's rows: picklable.
+
+  ``k`` counts batches over epochs: batch ``i`` of epoch ``e`` is ``k = e *
+  num_batches + i``. Grain's worker processes get a pickled copy and call it
+  with the ``k`` Grain hands them; each copy keeps the order of the epoch it
+  is in, so a worker computes an epoch's permutation once.
+  """
+
+  def __init__(self, source, batch_size, *, seed, shuffle, drop_remainder,
+               process_index, process_count):
+    self.source = source if not isinstance(source, int) else None
+    self.batch_size = batch_size
+    self.seed = int(seed)
+    self.shuffle = shuffle
+    self.drop_remainder = drop_remainder
+    self.size = n = source if isinstance(source, int) else len(source)
+    self.num_batches = (n // batch_size if drop_remainder
+                        else -(-n // batch_size))
+    self.local = batch_size // process_count
+    self.lo = process_index * self.local
+    self._epoch = None
+    self._order = None
+
+  def _order_of(self, epoch: int) -> np.ndarray:
+    if epoch != self._epoch:
+      self._order = epoch_order(self.size, seed=self.seed, epoch=epoch,
+                                shuffle=self.shuffle)
+      self._epoch = epoch
+    return self._order
+
+  def __getstate__(self):
+    return {**self.__dict__, "_epoch": None, "_order": None}
+
+  def rows(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(epoch, this process's rows, their mask)`` of batch ``k``."""
+    epoch, i = divmod(int(k), self.num_batches)
+    order = self._order_of(epoch)
+    b = self.batch_size
+    rows = order[i * b:(i + 1) * b]
+    mask = np.zeros(b, bool)
+    mask[:len(rows)] = True
+    if len(rows) < b:  # Only without drop_remainder.
+      rows = np.concatenate([rows, np.full(b - len(rows), order[0],
+                                           rows.dtype)])
+    return (epoch, rows[self.lo:self.lo + self.local],
+            mask[self.lo:self.lo + self.local])
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    epoch, rows, mask = self.rows(k)
+    if self.source is None:  # batch_rows(): the indices alone
+      return {"rows": rows.astype(np.int32)}
+    images, labels = _gather(self.source, rows, (self.seed, epoch))
+    out = {"image": np.asarray(images, np.uint8),
+           "label": np.asarray(labels, np.int32)}
+    if not self.drop_remainder:
+      out["mask"] = mask
+    return out
+
+
+def _import_grain():
+  try:
+    import grain  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "num_workers > 0 reads batches in Grain worker processes and needs "
+        "grain: pip install grain, or pip install 'gaf-optax[training]'."
+    ) from e
+  # Grain's worker pool reads absl flags (its profiling switch); outside an
+  # absl.app program nothing has parsed them and that read raises. Taking
+  # the flags' defaults is what such a program would do.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return grain
+
+
+def _grain_batches(batcher: _Batcher, first: int, last: int, num_workers: int,
+                   prefetch: int) -> Iterator[dict[str, np.ndarray]]:
+  """Batches ``first .. last - 1`` of ``batcher``, made in worker processes.
+
+  Grain spawns ``num_workers`` processes, hands each a pickled ``batcher``
+  and interleaves their results back into index order, so the output is the
+  in-process output whatever the worker count. The workers are stopped when
+  the iterator is exhausted or closed (``close()``, or garbage collection).
+  """
+  grain = _import_grain()
+  dataset = grain.MapDataset.range(first, last).map(batcher)
+  dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=0)).mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=num_workers,
+                                       per_worker_buffer_size=prefetch))
+  iterator = iter(dataset)
+  try:
+    yield from iterator
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _check(batch_size, process_index, process_count, **ints) -> None:
+  if not isinstance(batch_size, int) or batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(
+        f"need 0 <= process_index < process_count, got {process_index} and "
+        f"{process_count}")
+  if batch_size % process_count:
+    raise ValueError(
+        f"the global batch_size ({batch_size}) must be divisible by "
+        f"process_count ({process_count})")
+  lows = {"epoch": 0, "start_batch": 0, "num_epochs": 1, "num_workers": 0,
+          "prefetch": 1}
+  for name, value in ints.items():
+    low = lows[name]
+    if not isinstance(value, (int, np.integer)) or value < low:
+      raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _span(batcher, epoch, start_batch, num_epochs) -> range:
+  per_epoch = batcher.num_batches
+  first = epoch * per_epoch + min(start_batch, per_epoch)
+  return range(first, max(first, (epoch + num_epochs) * per_epoch))
+
+
 def batches(
     source: Any,
     batch_size: int,
@@ -63,9 +187,11 @@ def batches(
     process_index: int = 0,
     process_count: int = 1,
     start_batch: int = 0,
+    num_epochs: int = 1,
     num_workers: int = 0,
+    prefetch: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates over one epoch of a source in this process's share of batches.
+  """Iterates over epochs of a source in this process's share of batches.
 
   Args:
     source: a random-access source (``len(src)``, ``src[i] -> (image,
@@ -73,7 +199,7 @@ def batches(
       per batch.
     batch_size: the GLOBAL batch size, divisible by ``process_count``.
     seed: shuffling seed (also keys host-side random crops of lazy sources).
-    epoch: epoch number; with ``seed`` it fixes the order.
+    epoch: the first epoch; with ``seed`` it fixes the order.
     shuffle: shuffle (training) or keep the source's order (evaluation).
     drop_remainder: drop the last incomplete global batch (training). If
       false, the last batch is padded to ``batch_size`` rows (repeating the
@@ -81,15 +207,22 @@ def batches(
       ``mask``, true for real rows.
     process_index: this process, ``jax.process_index()``.
     process_count: number of processes, ``jax.process_count()``.
-    start_batch: global batches to skip; cheap, for exact resume.
-    num_workers: threads reading batches ahead (for lazy sources that decode
-      or crop on the host); 0 reads in the calling thread. The output does not
-      depend on it.
+    start_batch: batches of the first epoch to skip; cheap, for exact
+      resume (nothing before it is read).
+    num_epochs: epochs to iterate over, ``epoch .. epoch + num_epochs - 1``,
+      as one stream (so worker processes start once for all of them).
+    num_workers: Grain worker processes that read, decode and crop batches
+      ahead of the training step (for lazy sources: image files, TFDS); 0
+      reads in the calling thread. The output does not depend on it. The
+      workers are spawned (not forked) and get a pickled copy of ``source``,
+      so in-memory sets gain nothing from them.
+    prefetch: batches each worker keeps ready.
 
   Yields:
     ``dict(image=uint8[b, H, W, C], label=int32[b])`` with
     ``b = batch_size // process_count``, plus ``mask=bool[b]`` when
-    ``drop_remainder`` is false.
+    ``drop_remainder`` is false. With ``num_workers > 0``, close the
+    iterator (``it.close()``) when stopping early, to stop the workers.
 
   Example:
     >>> import numpy as np
@@ -99,58 +232,48 @@ def batches(
     ...     shuffle=False, drop_remainder=False)]
     [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]]
   """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  if process_count <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(
-        f"need 0 <= process_index < process_count, got {process_index} and "
-        f"{process_count}")
-  if batch_size % process_count:
-    raise ValueError(
-        f"the global batch_size ({batch_size}) must be divisible by "
-        f"process_count ({process_count})")
-  if start_batch < 0:
-    raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-  n = len(source)
-  order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
-  num_batches = n // batch_size if drop_remainder else -(-n // batch_size)
-  local = batch_size // process_count
-  lo = process_index * local
-  transform_seed = (int(seed), int(epoch))
+  _check(batch_size, process_index, process_count, epoch=epoch,
+         start_batch=start_batch, num_epochs=num_epochs,
+         num_workers=num_workers, prefetch=prefetch)
+  batcher = _Batcher(source, batch_size, seed=seed, shuffle=shuffle,
+                     drop_remainder=drop_remainder,
+                     process_index=process_index, process_count=process_count)
+  span = _span(batcher, epoch, start_batch, num_epochs)
+  if num_workers == 0 or not span:
+    return map(batcher, span)
+  return _grain_batches(batcher, span.start, span.stop, num_workers, prefetch)
 
-  def make(i: int) -> dict[str, np.ndarray]:
-    rows = order[i * batch_size:(i + 1) * batch_size]
-    mask = np.zeros(batch_size, bool)
-    mask[:len(rows)] = True
-    if len(rows) < batch_size:  # Only without drop_remainder.
-      rows = np.concatenate(
-          [rows, np.full(batch_size - len(rows), order[0], rows.dtype)])
-    rows, mask = rows[lo:lo + local], mask[lo:lo + local]
-    images, labels = _gather(source, rows, transform_seed)
-    out = {"image": np.asarray(images, np.uint8),
-           "label": np.asarray(labels, np.int32)}
-    if not drop_remainder:
-      out["mask"] = mask
-    return out
 
-  indices = range(start_batch, num_batches)
-  if num_workers <= 0:
-    for i in indices:
-      yield make(i)
-    return
-  executor = concurrent.futures.ThreadPoolExecutor(num_workers)
-  try:
-    pending = collections.deque()
-    it = iter(indices)
-    for i in it:
-      pending.append(executor.submit(make, i))
-      if len(pending) >= 2 * num_workers:
-        break
-    while pending:
-      batch = pending.popleft().result()
-      for i in it:
-        pending.append(executor.submit(make, i))
-        break
-      yield batch
-  finally:
-    executor.shutdown(wait=False, cancel_futures=True)
+def batch_rows(
+    num_examples: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_batch: int = 0,
+    num_epochs: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+  """The row indices :func:`batches` would read, without reading them.
+
+  For data held on the device (``Trainer(device_data=True)``): the step
+  gathers ``images[rows]`` there. Same order, sharding and resume as
+  :func:`batches` with ``drop_remainder=True``.
+
+  Yields:
+    ``dict(rows=int32[batch_size // process_count])``.
+
+  Example:
+    >>> from gaf_optax.data import batch_rows
+    >>> [b["rows"].tolist() for b in batch_rows(5, 2, seed=0, epoch=0,
+    ...                                           shuffle=False)]
+    [[0, 1], [2, 3]]
+  """
+  _check(batch_size, process_index, process_count, epoch=epoch,
+         start_batch=start_batch, num_epochs=num_epochs)
+  batcher = _Batcher(int(num_examples), batch_size, seed=seed,
+                     shuffle=shuffle, drop_remainder=True,
+                     process_index=process_index, process_count=process_count)
+  return map(batcher, _span(batcher, epoch, start_batch, num_epochs))

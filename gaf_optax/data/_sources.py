@@ -437,13 +437,7 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
   if _is_tar(path):
     for split, cls, name, data in _listing_tar(path, exts):
       found[split].append((cls, name, data))
-  elif os.path.isdir(path):
-    missing = " or ".join(
-        s + "/" for s in _SPLITS if not os.path.isdir(os.path.join(path, s)))
-    if missing:
-      raise ValueError(
-          f"image folder {path!r} has no {missing} sub-folder: expected "
-          "PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+  elif os.path.isdir(path):  # folder() checked train/ and test/.
     for split, cls, filename in _listing_dir(path, exts):
       found[split].append((cls, filename, filename))
   else:
@@ -483,54 +477,9 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
   return arrays
 
 
-def folder(path: str, *, cache_dir: str | None = None,
-           name: str | None = None) -> Dataset:
-  """An image-folder dataset, decoded once and cached.
-
-  Layout: ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>``
-  (deeper sub-folders inside a class are read too), images in any format
-  Pillow reads, all of one size. Labels number the ``train/`` class names in
-  sorted order. ``PATH`` may also be a ``.tar``/``.tar.gz``/``.tgz`` archive of
-  that layout (optionally under one top folder); its members are streamed in
-  place, never extracted. An archive is read to its end: one that is
-  truncated (even at a member boundary) or damaged is an error, never a
-  smaller dataset.
-
-  Pixels become uint8 as follows. 8-bit images are read as they are; 16-bit
-  grey images keep their top 8 bits (``v >> 8``: 65535 -> 255, 32768 -> 128),
-  as Pillow does for 16-bit RGB PNGs; alpha channels are dropped. Floating
-  point and 32-bit integer images (e.g. float TIFFs) are refused, since
-  their range is unknown.
-
-  Channels: the training split decides. If every ``train/`` image is grey
-  (Pillow modes ``1``, ``L``, ``LA`` or 16-bit grey) the dataset has one
-  channel, and colour ``test/`` images are converted to grey with Pillow's
-  ``convert("L")`` (ITU-R 601-2 luma, ``L = R * 299/1000 + G * 587/1000 +
-  B * 114/1000``). If any training image is colour, it has three, and grey
-  images of both splits are repeated into R, G and B. Both splits always
-  have the same ``(H, W, C)``.
-
-  The decoded arrays are cached as ``<cache_dir>/folder-<key>.npz``, where the
-  key hashes the absolute path with the archive's bytes (or with the size,
-  modification and change time of every file in the folder); the file is
-  written to a temporary name and renamed, so an interrupted run never leaves
-  a broken cache, and a failed decode leaves none.
-
-  Args:
-    path: the folder or archive.
-    cache_dir: where to cache; default :func:`default_cache_dir`.
-    name: the dataset's name; default ``"folder:" + path``.
-
-  Returns:
-    the :class:`Dataset` (images ``(H, W, 3)``, or ``(H, W, 1)`` when every
-    training image is grey).
-
-  Raises:
-    FileNotFoundError: if ``path`` does not exist.
-    ValueError: naming the file, for an archive that is truncated or damaged,
-      an image that cannot be decoded or has no known range, and a layout or
-      image sizes that do not fit the above.
-  """
+def cached_folder(path: str, *, cache_dir: str | None = None,
+                  name: str | None = None) -> Dataset:
+  """An image folder or archive decoded once and cached (see ``folder``)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise _missing_folder(path)

@@ -21,13 +21,11 @@ prepared in TFDS's default TFRecord format must be prepared again with
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any, Callable
 
 import numpy as np
 
-from gaf_optax.data import _augment
+from gaf_optax.data import _host
 from gaf_optax.data import _sources
 
 # Per-channel statistics of the training sets, in [0, 1] units.
@@ -38,11 +36,6 @@ KNOWN_STATS = {
 }
 # Evaluation split of datasets without a "test" split.
 _EVAL_SPLIT = {"imagenet2012": "validation"}
-# Images of varying size are brought to this size (ImageNet recipe).
-CROP_SIZE = 224
-RESIZE_SIZE = 256
-# Examples read to estimate mean/std of a dataset without known statistics.
-_STATS_SAMPLE = 512
 
 
 class TfdsNotPreparedError(RuntimeError):
@@ -60,7 +53,7 @@ def _import_tfds():
   return tfds
 
 
-class TfdsSource:
+class TfdsSource(_host.RecordSource):
   """Random access to one TFDS split as ``(uint8 HWC image, int label)``.
 
   Args:
@@ -72,58 +65,6 @@ class TfdsSource:
     image_key: feature holding the image.
     label_key: feature holding the label.
   """
-
-  def __init__(self, data_source, *, transform: Callable | None = None,
-               image_key: str = "image", label_key: str = "label"):
-    self.data_source = data_source
-    self.transform = transform
-    self.image_key = image_key
-    self.label_key = label_key
-    self._batch_reads = True
-
-  def __len__(self) -> int:
-    return len(self.data_source)
-
-  def _example(self, record, rng_seed) -> tuple[np.ndarray, int]:
-    image = np.asarray(record[self.image_key], np.uint8)
-    if image.ndim == 2:
-      image = image[:, :, None]
-    if self.transform is not None:
-      image = self.transform(image, np.random.default_rng(rng_seed))
-    return image, int(record[self.label_key])
-
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    index = int(index)
-    return self._example(self.data_source[index], [index])
-
-  def get_batch(self, indices: np.ndarray, seed: Any = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels at ``indices``; ``seed`` keys the host transform."""
-    indices = [int(i) for i in indices]
-    records = None
-    if self._batch_reads:
-      try:  # One call: ArrayRecord reads the records in parallel.
-        records = self.data_source.__getitems__(indices)
-      except (AttributeError, TypeError):
-        # No batch reads (tfds.testing.mock_data's __getitems__ takes the
-        # wrong arguments): read one at a time from now on. A genuine error
-        # is raised again by the per-example read below.
-        self._batch_reads = False
-    if records is None:
-      records = [self.data_source[i] for i in indices]
-    prefix = [] if seed is None else [int(s) for s in np.atleast_1d(seed)]
-    examples = [self._example(r, prefix + [i])
-                for r, i in zip(records, indices)]
-    return (np.stack([e[0] for e in examples]),
-            np.array([e[1] for e in examples], np.int32))
-
-  def __repr__(self) -> str:
-    return f"TfdsSource({len(self)} examples)"
-
-
-def _eval_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  del rng  # Deterministic.
-  return _augment.center_crop(image, size=CROP_SIZE, resize=RESIZE_SIZE)
 
 
 def _not_prepared(name: str, data_dir: str | None, builder,
@@ -221,10 +162,8 @@ def load(name: str, *, data_dir: str | None = None, download: bool = False,
     train_fn = eval_fn = None
   else:
     channels = stored[-1] or 3
-    image_shape = (CROP_SIZE, CROP_SIZE, int(channels))
-    train_fn = functools.partial(_augment.random_resized_crop,
-                                 size=CROP_SIZE)
-    eval_fn = _eval_crop
+    image_shape = (_host.CROP_SIZE, _host.CROP_SIZE, int(channels))
+    train_fn, eval_fn = _host.crops(_host.CROP_SIZE)
   train = TfdsSource(sources[0], transform=train_fn)
   test = TfdsSource(sources[1], transform=eval_fn)
 
@@ -232,10 +171,7 @@ def load(name: str, *, data_dir: str | None = None, download: bool = False,
   if base in KNOWN_STATS and image_shape[-1] == 3:
     mean, std = (np.array(s, np.float32) for s in KNOWN_STATS[base])
   else:
-    n = len(train)
-    sample = np.unique(np.linspace(0, n - 1, min(n, _STATS_SAMPLE)).astype(int))
-    images, _ = train.get_batch(sample, seed=0)
-    mean, std = _sources.channel_stats(images)
+    mean, std = _host.sample_stats(train)
   names = tuple(getattr(label_feature, "names", ()) or ())
   return _sources.Dataset(
       name=dataset_name or name, num_classes=int(num_classes),

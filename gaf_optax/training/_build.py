@@ -270,7 +270,7 @@ def build_telemetry(config) -> Telemetry | None:
 
 # Fields that say how to run, not what a step is: a resume may change them.
 RESUMABLE_FIELDS = frozenset({
-    "data_dir", "num_devices", "sharding", "fsdp_min_bytes", "eval_batch_size",
+    "data_dir", "data_workers", "device_data", "num_devices", "sharding", "fsdp_min_bytes", "eval_batch_size",
     "checkpoint_every_steps", "checkpoint_at_end", "keep_checkpoints", "restore_step", "tensorboard",
     "progress", "log_to_stdout", "check_every", "telemetry", "distributed"})
 
@@ -319,6 +319,7 @@ _RULES = {
     "keep_checkpoints": _int_at_least(1),
     "checkpoint_every_steps": _int_at_least(0),
     "check_every": _int_at_least(1),
+    "data_workers": _int_at_least(0),
     "skip_nonfinite_steps": _int_at_least(0),
     "restore_step": _optional(_int_at_least(0)),
     "num_devices": _optional(_int_at_least(1)),

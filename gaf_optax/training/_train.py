@@ -28,6 +28,7 @@ checkpoints and metric files; what convolutions on XLA:CPU want) and
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -170,6 +171,15 @@ class Trainer:
       float32 reduction order; checkpoints restore onto either layout and
       any device count.
     fsdp_min_bytes: arrays below this size stay replicated under FSDP.
+    data_workers: Grain worker processes that read, decode and crop batches
+      ahead of the step (``gaf_optax.data.batches(num_workers=...)``): for
+      lazy sets (TFDS, large image folders); 0 (default) reads in this
+      process, which is fastest for sets held in memory. The batches, and
+      so the run, do not depend on it.
+    device_data: hold the training set on the devices (uint8, replicated)
+      and send only each batch's row indices: the step gathers the images
+      there. Needs an in-memory set (``ArraySource``: digits, CIFAR,
+      subsets); the batches, and so the run, are the same as without it.
 
   Example:
     >>> import gaf_optax
@@ -197,12 +207,14 @@ class Trainer:
                compiler_options: dict[str, Any] | None = None,
                skip_nonfinite_steps: int = 0,
                sharding: _sharding.Layout = "replicated",
-               fsdp_min_bytes: int = 1 << 20):
+               fsdp_min_bytes: int = 1 << 20, data_workers: int = 0,
+               device_data: bool = False):
     if not isinstance(tx, optax.GradientTransformation):
       raise TypeError(f"tx must be an optax.GradientTransformation; got "
                       f"{type(tx).__name__}.")
     _check_int("seed", seed, 0)
     _check_int("skip_nonfinite_steps", skip_nonfinite_steps, 0)
+    _check_int("data_workers", data_workers, 0)
     if skip_nonfinite_steps:
       tx = optax.apply_if_finite(tx, skip_nonfinite_steps)
     if not isinstance(dataset, data_lib.Dataset):
@@ -224,6 +236,15 @@ class Trainer:
     self.telemetry = telemetry
     self.learning_rate = learning_rate
     self.skip_nonfinite_steps = skip_nonfinite_steps
+    self.data_workers = data_workers
+    if device_data and not isinstance(dataset.train, data_lib.ArraySource):
+      raise ValueError(
+          "device_data=True needs a training set held in memory "
+          "(gaf_optax.data.ArraySource); dataset.train is a "
+          f"{type(dataset.train).__name__}. Use data_workers for sets read "
+          "from files.")
+    self.device_data = bool(device_data)
+    self._resident = None  # the training set on the devices (device_data)
     self.config = None  # set by from_config
     num_devices = self.mesh.devices.size
     for name, size in (("batch_size", self.batch_size),
@@ -258,6 +279,11 @@ class Trainer:
                                out_shardings=(self.state_sharding, None),
                                compiler_options=compiler_options)
     self._eval_step = jax.jit(self.eval_fn, compiler_options=compiler_options)
+    self._rows_step = jax.jit(
+        lambda state, rows, images, labels: self.step_fn(
+            state, {"image": images[rows], "label": labels[rows]}),
+        donate_argnums=0, out_shardings=(self.state_sharding, None),
+        compiler_options=compiler_options)
 
   # ------------------------------------------------------------- building
   @classmethod
@@ -302,7 +328,8 @@ class Trainer:
         telemetry=_build.build_telemetry(config),
         learning_rate=_build.build_schedule(config, steps_per_epoch),
         skip_nonfinite_steps=config.skip_nonfinite_steps,
-        sharding=config.sharding, fsdp_min_bytes=config.fsdp_min_bytes)
+        sharding=config.sharding, fsdp_min_bytes=config.fsdp_min_bytes,
+        data_workers=config.data_workers, device_data=config.device_data)
     trainer.config = config
     return trainer
 
@@ -340,18 +367,48 @@ class Trainer:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
             for k, v in local_batch.items()}
 
-  def train_batches(self, epoch: int, start_batch: int = 0):
-    """This process's share of the training batches of ``epoch``."""
-    return data_lib.batches(
-        self.dataset.train, self.batch_size, seed=self.seed, epoch=epoch,
-        shuffle=True, drop_remainder=True, process_index=jax.process_index(),
-        process_count=jax.process_count(), start_batch=start_batch)
+  def train_batches(self, epoch: int, start_batch: int = 0,
+                    num_epochs: int = 1):
+    """This process's share of the training batches from ``epoch`` on.
+
+    One stream over ``num_epochs`` epochs, starting at batch
+    ``start_batch`` of ``epoch`` (read in ``data_workers`` Grain processes
+    when set; close it to stop them early).
+    """
+    where = dict(seed=self.seed, epoch=epoch, shuffle=True,
+                 process_index=jax.process_index(),
+                 process_count=jax.process_count(), start_batch=start_batch,
+                 num_epochs=num_epochs)
+    if self.device_data:  # {"rows": ...}: the step gathers on the device
+      return data_lib.batch_rows(self.dataset.num_train, self.batch_size,
+                                 **where)
+    return data_lib.batches(self.dataset.train, self.batch_size,
+                            drop_remainder=True,
+                            num_workers=self.data_workers, **where)
+
+  def _resident_train(self) -> tuple[jax.Array, jax.Array]:
+    """The training images and labels on the devices, replicated."""
+    if self._resident is None:
+      src = self.dataset.train
+      self._resident = tuple(
+          jax.make_array_from_callback(a.shape, self.replicated,
+                                       lambda index, a=a: a[index])
+          for a in (src.images, src.labels))
+    return self._resident
 
   # ------------------------------------------------------------- steps
   def train_step(self, local_batch) -> dict:
-    """One step on a process-local batch; returns the step's metrics."""
-    self.state, metrics = self._train_step(self.state,
-                                           self._global(local_batch))
+    """One step on a process-local batch; returns the step's metrics.
+
+    The batch is ``{"image", "label"}``, or ``{"rows"}`` (indices into the
+    training set held on the devices, ``device_data``).
+    """
+    batch = self._global(local_batch)
+    if "rows" in batch:
+      self.state, metrics = self._rows_step(self.state, batch["rows"],
+                                            *self._resident_train())
+    else:
+      self.state, metrics = self._train_step(self.state, batch)
     return metrics
 
   def evaluate(self, state: TrainState | None = None) -> dict[str, float]:
@@ -362,7 +419,7 @@ class Trainer:
         self.dataset.test, self.eval_batch_size, seed=0, epoch=0,
         shuffle=False, drop_remainder=False,
         process_index=jax.process_index(),
-        process_count=jax.process_count()):
+        process_count=jax.process_count(), num_workers=self.data_workers):
       out = self._eval_step(state, self._global(batch))
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
@@ -536,12 +593,17 @@ class Trainer:
           step, signals.signum, None if ckpt is None else ckpt.latest_step(),
           None if ckpt is None else ckpt.directory)
 
+    stream = None
     try:
       if ckpt is not None and ckpt.latest_step() is not None:
         step, state = ckpt.restore(self.state, restore_step)
         self.state = _own_buffers(jax.device_put(state,
                                                  self.state_sharding))
         records = writer.truncate_after(step)
+      # One stream for the rest of the run: Grain workers start once.
+      stream = self.train_batches(*divmod(step, spe),
+                                  num_epochs=max(self.num_epochs - step // spe,
+                                                 1))
       with _guard.StopSignals() as signals:
         while step < stop:
           epoch, start_batch = divmod(step, spe)
@@ -551,9 +613,8 @@ class Trainer:
           t0 = time.perf_counter()
           steps_run = 0
           losses = []
-          for batch in self.train_batches(epoch, start_batch):
-            if step == stop:
-              break
+          for batch in itertools.islice(stream, min(spe - start_batch,
+                                                    stop - step)):
             metrics = self.train_step(batch)
             step += 1
             steps_run += 1
@@ -606,6 +667,8 @@ class Trainer:
           if step < stop and signals.should_stop(step):
             stop_for_signal()
     finally:
+      if hasattr(stream, "close"):
+        stream.close()  # stops data workers
       if ckpt is not None:
         ckpt.close()
       writer.close()

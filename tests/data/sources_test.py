@@ -176,7 +176,10 @@ def test_folder_missing_path_and_mixed_sizes(tmp_path):
     _png(rng, size).save(tmp_path / split / "a" / "0.png")
   _png(rng, 7).save(tmp_path / "train" / "a" / "1.png")
   with pytest.raises(ValueError, match="differ in shape"):
-    data.get(f"folder:{tmp_path}", cache_dir=str(tmp_path / "c"))
+    data.folder(str(tmp_path), lazy=False, cache_dir=str(tmp_path / "c"))
+  # Without lazy=False, mixed sizes are read lazily and cropped.
+  ds = data.get(f"folder:{tmp_path}", cache_dir=str(tmp_path / "c"))
+  assert ds.image_shape == (224, 224, 3) and ds.num_train == 2
 
 
 @pytest.mark.skipif(not os.path.exists(CIFAR_TAR),

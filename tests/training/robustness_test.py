@@ -187,8 +187,9 @@ class _Signalling(training.Trainer):
     super().__init__(*args, **kwargs)
     self.at, self.signum = at, signum
 
-  def train_batches(self, epoch, start_batch=0):
-    for i, batch in enumerate(super().train_batches(epoch, start_batch)):
+  def train_batches(self, epoch, start_batch=0, num_epochs=1):
+    for i, batch in enumerate(super().train_batches(epoch, start_batch,
+                                                    num_epochs)):
       if epoch * self.steps_per_epoch + start_batch + i + 1 == self.at:
         signal.raise_signal(self.signum)
       yield batch
@@ -223,9 +224,11 @@ _CHILD = textwrap.dedent("""
     from gaf_optax import data, models, training
 
     class Slow(training.Trainer):
-      def train_batches(self, epoch, start_batch=0):
-        for i, b in enumerate(super().train_batches(epoch, start_batch)):
-          if epoch == 1 and start_batch + i == 5:
+      def train_batches(self, epoch, start_batch=0, num_epochs=1):
+        first = epoch * self.steps_per_epoch + start_batch
+        for i, b in enumerate(super().train_batches(epoch, start_batch,
+                                                    num_epochs)):
+          if first + i == self.steps_per_epoch + 5:  # epoch 1, batch 5
             print("mid-epoch", flush=True)
           time.sleep(float(sys.argv[2]))
           yield b
@@ -435,9 +438,11 @@ _HOST = textwrap.dedent("""
     from gaf_optax import data, models, training
 
     class Slow(training.Trainer):
-      def train_batches(self, epoch, start_batch=0):
-        for i, b in enumerate(super().train_batches(epoch, start_batch)):
-          if epoch == 1 and start_batch + i == 5:
+      def train_batches(self, epoch, start_batch=0, num_epochs=1):
+        first = epoch * self.steps_per_epoch + start_batch
+        for i, b in enumerate(super().train_batches(epoch, start_batch,
+                                                    num_epochs)):
+          if first + i == self.steps_per_epoch + 5:  # epoch 1, batch 5
             print("mid-epoch", flush=True)
           time.sleep(pause)
           yield b

@@ -291,3 +291,55 @@ def test_missing_training_extra_is_an_import_error_naming_it():
                        capture_output=True, text=True, timeout=120, check=True)
   assert ("gaf_optax.training needs orbax-checkpoint, which comes with the "
           "'training' extra: pip install 'gaf-optax[training]'.") in out.stdout
+
+
+def test_grain_workers_and_a_lazy_image_folder_give_the_same_run(tmp_path):
+  """data_workers reads the same batches, also across a resume."""
+  from tests.data.host_test import _imagenet_like  # pylint: disable=g-import-not-at-top
+  ds = data.folder(_imagenet_like(tmp_path / "images"), crop_size=8)
+  assert isinstance(ds.train, data.RecordSource)
+
+  def run(workers, workdir=None, **fit_kwargs):
+    trainer = _trainer(ds, models.MLP(features=(8,), num_classes=3),
+                       optax.sgd(0.1, 0.9), batch_size=4, num_epochs=2,
+                       data_workers=workers)
+    return trainer.fit(workdir, progress=False, log_to_stdout=False,
+                       tensorboard=False, **fit_kwargs)
+
+  ref = run(0)
+  assert len(ref["step_loss"]) == 6
+  workdir = str(tmp_path / "run")
+  first = run(1, workdir, max_steps=4, checkpoint_every_steps=2)
+  rest = run(1, workdir)
+  np.testing.assert_array_equal(first["step_loss"] + rest["step_loss"],
+                                ref["step_loss"])
+  assert ([r["test_accuracy"] for r in rest["records"]] ==
+          [r["test_accuracy"] for r in ref["records"]])
+  with pytest.raises(ValueError, match="data_workers must be"):
+    _trainer(ds, data_workers=-1)
+
+
+def test_device_data_gives_the_same_run_on_one_and_four_devices(digits):
+  """Row indices gathered on the device: the batches of the host path."""
+  ref = _trainer(digits, num_epochs=1).fit(progress=False,
+                                           log_to_stdout=False)
+  one = _trainer(digits, num_epochs=1, device_data=True)
+  out = one.fit(progress=False, log_to_stdout=False)
+  np.testing.assert_array_equal(out["step_loss"], ref["step_loss"])
+  assert out["records"][0]["test_accuracy"] == ref["records"][0][
+      "test_accuracy"]
+  images, _ = one._resident_train()
+  assert images.dtype == jnp.uint8 and images.shape == (1348, 8, 8, 1)
+  four = training.Trainer(
+      models.MLP(features=(32, 32), num_classes=10), optax.sgd(0.05, 0.9),
+      digits, batch_size=64, num_epochs=1, mesh=training.make_mesh(4),
+      device_data=True).fit(progress=False, log_to_stdout=False)
+  np.testing.assert_allclose(four["step_loss"], ref["step_loss"], rtol=2e-5)
+
+
+def test_device_data_needs_an_in_memory_set(tmp_path):
+  from tests.data.host_test import _imagenet_like  # pylint: disable=g-import-not-at-top
+  ds = data.folder(_imagenet_like(tmp_path), crop_size=8)
+  with pytest.raises(ValueError, match="device_data=True needs a training "
+                     "set held in memory"):
+    _trainer(ds, batch_size=4, device_data=True)

@@ -1,0 +1,377 @@
+"""Sources that read and crop each example on the host when it is asked for.
+
+Two kinds of storage are read this way: TFDS ArrayRecord files
+(:class:`~gaf_optax.data.TfdsSource`) and image files on disk
+(:func:`image_files`, the lazy form of ``folder:PATH``). Both are a
+:class:`RecordSource`: a random-access sequence of records (``{"image":
+uint8 array, "label": int}``) plus an optional host transform ``fn(image,
+rng) -> image`` that brings images of any size to one shape (the ImageNet
+crops). The transform's generator is seeded from ``(seed, epoch, index)``
+when :func:`gaf_optax.data.batches` reads a batch, so an example's crop
+depends on neither the batch it lands in nor the process or worker that
+reads it; Grain worker processes (``batches(..., num_workers=N)``) get a
+pickled copy of the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gaf_optax.data import _augment
+from gaf_optax.data import _sources
+
+# ImageNet recipe: training crops and evaluation crops of this size; the
+# evaluation crop is the centre after scaling the shorter side to
+# CROP_SIZE * 256 / 224.
+CROP_SIZE = 224
+RESIZE_RATIO = 256 / 224
+# Examples read to estimate mean/std of a set without known statistics.
+STATS_SAMPLE = 512
+
+
+class RecordSource:
+  """Random access to records as ``(uint8 HWC image, int label)``.
+
+  Args:
+    records: a random-access sequence (``len``, ``records[i]``; optionally
+      ``records.__getitems__(indices)``, one call for a batch) of mappings
+      with an image and a label.
+    transform: optional ``fn(image, rng) -> image`` applied per example on the
+      host (the ImageNet crops); ``rng`` is a NumPy generator seeded from
+      ``(seed, epoch, index)`` by :func:`gaf_optax.data.batches`, or from the
+      index alone for ``src[i]``.
+    image_key: the record's image field.
+    label_key: the record's label field.
+  """
+
+  def __init__(self, records, *, transform: Callable | None = None,
+               image_key: str = "image", label_key: str = "label"):
+    self.records = records
+    self.transform = transform
+    self.image_key = image_key
+    self.label_key = label_key
+    self._batch_reads = True
+
+  @property
+  def data_source(self):
+    """The records (TFDS calls them a data source)."""
+    return self.records
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def _example(self, record, rng_seed) -> tuple[np.ndarray, int]:
+    image = np.asarray(record[self.image_key], np.uint8)
+    if image.ndim == 2:
+      image = image[:, :, None]
+    if self.transform is not None:
+      image = self.transform(image, np.random.default_rng(rng_seed))
+    return image, int(record[self.label_key])
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    index = int(index)
+    return self._example(self.records[index], [index])
+
+  def get_batch(self, indices: np.ndarray, seed: Any = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels at ``indices``; ``seed`` keys the host transform."""
+    indices = [int(i) for i in indices]
+    records = None
+    if self._batch_reads:
+      try:  # One call: ArrayRecord reads the records in parallel.
+        records = self.records.__getitems__(indices)
+      except (AttributeError, TypeError):
+        # No batch reads (image files; tfds.testing.mock_data's
+        # __getitems__ takes other arguments): read one at a time from now
+        # on. A genuine error is raised again by the per-example read below.
+        self._batch_reads = False
+    if records is None:
+      records = [self.records[i] for i in indices]
+    prefix = [] if seed is None else [int(s) for s in np.atleast_1d(seed)]
+    examples = [self._example(r, prefix + [i])
+                for r, i in zip(records, indices)]
+    return (np.stack([e[0] for e in examples]),
+            np.array([e[1] for e in examples], np.int32))
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({len(self)} examples)"
+
+
+def _eval_crop(image: np.ndarray, rng: np.random.Generator, *, size: int,
+               resize: int) -> np.ndarray:
+  del rng  # Deterministic.
+  return _augment.center_crop(image, size=size, resize=resize)
+
+
+def crops(size: int = CROP_SIZE) -> tuple[Callable, Callable]:
+  """The host transforms ``(train, eval)`` for images of varying size.
+
+  ``train`` is :func:`~gaf_optax.data.random_resized_crop` to ``size``;
+  ``eval`` scales the shorter side to ``round(size * 256 / 224)`` and cuts
+  the central ``size x size`` square (:func:`~gaf_optax.data.center_crop`).
+  Both are picklable (Grain workers).
+  """
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f"crop size must be a positive int, got {size!r}")
+  return (functools.partial(_augment.random_resized_crop, size=size),
+          functools.partial(_eval_crop, size=size,
+                            resize=int(round(size * RESIZE_RATIO))))
+
+
+def sample_stats(source) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean/std from up to :data:`STATS_SAMPLE` spread examples."""
+  n = len(source)
+  sample = np.unique(np.linspace(0, n - 1, min(n, STATS_SAMPLE)).astype(int))
+  images, _ = source.get_batch(sample, seed=0)
+  return _sources.channel_stats(images)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+  """Image files as records, decoded when read (picklable: paths only).
+
+  Attributes:
+    files: the image paths.
+    labels: their labels.
+    channels: 1 (grey) or 3 (RGB); images are converted to it as
+      :func:`gaf_optax.data.folder` converts them.
+  """
+
+  files: tuple[str, ...]
+  labels: tuple[int, ...]
+  channels: int = 3
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    path = self.files[index]
+    image = _sources._decode_image(path, path)  # pylint: disable=protected-access
+    return {"image": _sources._to_channels(image, self.channels),  # pylint: disable=protected-access
+            "label": self.labels[index]}
+
+
+def image_files(entries: Sequence[tuple[str, str, str]],
+                classes: Sequence[str], *, crop_size: int = CROP_SIZE,
+                channels: int = 3) -> tuple[RecordSource, RecordSource]:
+  """Lazy train and test sources over listed image files.
+
+  Args:
+    entries: ``(split, class, path)`` of every image.
+    classes: class names in label order.
+    crop_size: the output size (train: random-resized crop; test: resize +
+      centre crop).
+    channels: 1 or 3.
+
+  Returns:
+    ``(train, test)`` sources.
+  """
+  index = {c: i for i, c in enumerate(classes)}
+  train_fn, eval_fn = crops(crop_size)
+  out = []
+  for split, fn in (("train", train_fn), ("test", eval_fn)):
+    rows = sorted((cls, path) for s, cls, path in entries if s == split)
+    records = ImageFiles(tuple(p for _, p in rows),
+                         tuple(index[c] for c, _ in rows), channels)
+    out.append(RecordSource(records, transform=fn))
+  return out[0], out[1]
+
+
+def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
+  """Image sizes seen and whether every image is grey, from headers only.
+
+  Pillow reads a file's header without decoding its pixels. The scan stops
+  at the second distinct size (the answer "sizes differ" is then known).
+
+  Returns:
+    ``(sizes, grey)``: the ``(width, height)`` pairs seen, and whether every
+    scanned image has a grey mode.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  sizes, grey = set(), True
+  for path in files:
+    try:
+      with Image.open(path) as im:
+        sizes.add(im.size)
+        grey = grey and (im.mode in _sources._GREY_MODES  # pylint: disable=protected-access
+                         or im.mode.startswith("I;16"))
+    except Exception as e:  # Pillow raises several types for bad files.
+      raise ValueError(f"cannot decode image {path}: {e}") from e
+    if len(sizes) > 1:
+      return sizes, False
+  return sizes, grey
+
+
+def folder_is_lazy(path: str, lazy: bool | None, max_cache_bytes: int
+                   ) -> tuple[bool, list[tuple[str, str, str]]]:
+  """Whether to read a folder lazily, and its listing.
+
+  Decided as documented in :func:`gaf_optax.data.folder`.
+  """
+  if _sources._is_tar(path):  # pylint: disable=protected-access
+    if lazy:
+      raise ValueError(
+          f"folder {path!r} is an archive; lazy=True reads image files one "
+          "at a time and needs them unpacked (tar -xzf it first), or use "
+          "lazy=False to decode it once into the cache")
+    return False, []
+  entries = _sources._listing_dir(path, _sources._image_extensions())  # pylint: disable=protected-access
+  if lazy is not None:
+    return lazy, entries
+  train = [p for s, _, p in entries if s == "train"]
+  sizes, grey = scan_headers(train)
+  if len(sizes) > 1:
+    return True, entries
+  width, height = next(iter(sizes)) if sizes else (0, 0)
+  decoded = len(entries) * width * height * (1 if grey else 3)
+  return decoded > max_cache_bytes, entries
+
+
+def lazy_folder(path: str, entries, *, crop_size: int, name: str
+                ) -> _sources.Dataset:
+  """The lazy form of :func:`gaf_optax.data.folder`."""
+  by_split = {s: [e for e in entries if e[0] == s] for s in ("train", "test")}
+  for split, found in by_split.items():
+    if not found:
+      raise ValueError(
+          f"no images found under {split}/ in {path!r}: expected "
+          f"PATH/{split}/<class>/<image>")
+  classes = sorted({cls for _, cls, _ in by_split["train"]})
+  unknown = sorted({cls for _, cls, _ in by_split["test"]} - set(classes))
+  if unknown:
+    raise ValueError(f"test/ of {path!r} has classes not in train/: "
+                     f"{unknown}")
+  train, test = image_files(entries, classes, crop_size=crop_size)
+  # The statistics of centre crops of a spread sample of training images.
+  mean, std = sample_stats(RecordSource(train.records,
+                                        transform=test.transform))
+  return _sources.Dataset(
+      name=name, num_classes=len(classes),
+      image_shape=(crop_size, crop_size, 3), train=train, test=test,
+      mean=mean, std=std, class_names=tuple(classes))
+
+
+def check_lazy_args(lazy, crop_size, max_cache_bytes) -> None:
+  if lazy not in (None, True, False):
+    raise ValueError(f"lazy must be None, True or False, got {lazy!r}")
+  if not isinstance(crop_size, int) or crop_size < 1:
+    raise ValueError(f"crop_size must be a positive int, got {crop_size!r}")
+  if not isinstance(max_cache_bytes, int) or max_cache_bytes < 0:
+    raise ValueError(
+        f"max_cache_bytes must be an int >= 0, got {max_cache_bytes!r}")
+
+
+
+def folder(path: str, *, cache_dir: str | None = None,
+           name: str | None = None, lazy: bool | None = None,
+           crop_size: int = CROP_SIZE,
+           max_cache_bytes: int = 4 << 30) -> _sources.Dataset:
+  """An image-folder dataset: decoded once and cached, or read lazily.
+
+  Layout: ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>``
+  (deeper sub-folders inside a class are read too; torchvision's
+  ImageFolder layout, ImageNet's usual form on disk), images in any format
+  Pillow reads. Labels number the ``train/`` class names in sorted order.
+  ``PATH`` may also be a ``.tar``/``.tar.gz``/``.tgz`` archive of that
+  layout (optionally under one top folder); its members are streamed in
+  place, never extracted. An archive is read to its end: one that is
+  truncated (even at a member boundary) or damaged is an error, never a
+  smaller dataset.
+
+  Two ways of reading:
+
+  - **Cached** (small sets of one image size, e.g. CIFAR or Tiny ImageNet
+    as files): every image is decoded once into uint8 arrays held in
+    memory and cached on disk, and images keep their size.
+  - **Lazy** (images of different sizes, e.g. ImageNet, or sets too large
+    to hold decoded): each image is decoded when a batch asks for it and
+    brought to ``crop_size x crop_size`` on the host: a random-resized crop
+    for ``train`` (:func:`~gaf_optax.data.random_resized_crop`, keyed by
+    ``(seed, epoch, index)``), the shorter side scaled to ``crop_size * 256
+    / 224`` and the centre cut for ``test``. Images are RGB (grey ones
+    repeated). ``mean``/``std`` come from centre crops of 512 training
+    images spread over the set. Decoding runs in Grain worker processes
+    with ``batches(..., num_workers=N)`` (the trainer's ``data_workers``).
+
+  With ``lazy=None`` the folder is read lazily when its training images
+  differ in size (Pillow reads headers only; the scan stops at the second
+  size) or their decoded size would exceed ``max_cache_bytes``; archives
+  are always cached.
+
+  Pixels become uint8 as follows. 8-bit images are read as they are; 16-bit
+  grey images keep their top 8 bits (``v >> 8``: 65535 -> 255, 32768 -> 128),
+  as Pillow does for 16-bit RGB PNGs; alpha channels are dropped. Floating
+  point and 32-bit integer images (e.g. float TIFFs) are refused, since
+  their range is unknown.
+
+  Channels (cached form): the training split decides. If every ``train/``
+  image is grey (Pillow modes ``1``, ``L``, ``LA`` or 16-bit grey) the
+  dataset has one channel, and colour ``test/`` images are converted to grey
+  with Pillow's ``convert("L")`` (ITU-R 601-2 luma, ``L = R * 299/1000 + G *
+  587/1000 + B * 114/1000``). If any training image is colour, it has three,
+  and grey images of both splits are repeated into R, G and B. Both splits
+  always have the same ``(H, W, C)``; images of different sizes are refused.
+
+  The decoded arrays are cached as ``<cache_dir>/folder-<key>.npz``, where the
+  key hashes the absolute path with the archive's bytes (or with the size,
+  modification and change time of every file in the folder); the file is
+  written to a temporary name and renamed, so an interrupted run never leaves
+  a broken cache, and a failed decode leaves none.
+
+  Args:
+    path: the folder or archive.
+    cache_dir: where to cache; default :func:`default_cache_dir`.
+    name: the dataset's name; default ``"folder:" + path``.
+    lazy: True: read lazily; False: decode and cache (images of one size);
+      None: decide as above.
+    crop_size: the lazy form's output height and width.
+    max_cache_bytes: with ``lazy=None``, sets whose decoded images would be
+      larger than this are read lazily.
+
+  Returns:
+    the :class:`Dataset` (cached: images ``(H, W, 3)``, or ``(H, W, 1)``
+    when every training image is grey; lazy: ``(crop_size, crop_size, 3)``).
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist.
+    ValueError: naming the file, for an archive that is truncated or damaged,
+      an image that cannot be decoded or has no known range, and a layout or
+      image sizes that do not fit the above; ``lazy=True`` for an archive.
+
+  Example:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from gaf_optax import data
+    >>> root = tempfile.mkdtemp()
+    >>> for split in ("train", "test"):
+    ...   for k, size in enumerate([(40, 30), (50, 60)]):
+    ...     os.makedirs(f"{root}/{split}/c{k}")
+    ...     Image.new("RGB", size).save(f"{root}/{split}/c{k}/a.jpg")
+    >>> ds = data.folder(root, crop_size=32)  # two sizes: lazy
+    >>> ds.image_shape, ds.num_train, ds.train[1][0].shape
+    ((32, 32, 3), 2, (32, 32, 3))
+  """
+  check_lazy_args(lazy, crop_size, max_cache_bytes)
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise _sources._missing_folder(path)  # pylint: disable=protected-access
+  name = name or f"folder:{path}"
+  if os.path.isdir(path):
+    missing = " or ".join(
+        s + "/" for s in ("train", "test")
+        if not os.path.isdir(os.path.join(path, s)))
+    if missing:
+      raise ValueError(
+          f"image folder {path!r} has no {missing} sub-folder: expected "
+          "PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+  is_lazy, entries = folder_is_lazy(path, lazy, max_cache_bytes)
+  if is_lazy:
+    return lazy_folder(path, entries, crop_size=crop_size, name=name)
+  return _sources.cached_folder(path, cache_dir=cache_dir, name=name)
