@@ -128,7 +128,7 @@ def torch_epoch(root: str, batch: int, workers: int) -> tuple[float, float]:
   return time.perf_counter() - t0, time.perf_counter() - t1
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--images", type=int, default=2000)
   p.add_argument("--workers", default="0,1,2")
@@ -180,6 +180,7 @@ def main(argv=None) -> None:
   kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
   print(f"peak RSS: this process {own:.0f} MiB, largest worker "
         f"{kids:.0f} MiB")
+  return rate
 
 
 if __name__ == "__main__":
