@@ -70,13 +70,20 @@ def _jsonable(x):
   raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
+def write_json(path: str, obj) -> None:
+  """``obj`` as JSON (arrays as lists), written whole or not at all."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, default=_jsonable)
+  os.replace(tmp, path)
+
+
 def write(out: str, markdown: str, results: dict) -> None:
   """Writes ``results.md`` and ``results.json`` to ``out``."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(markdown.rstrip() + "\n")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, default=_jsonable)
+  write_json(os.path.join(out, "results.json"), results)
 
 
 def pyplot():
