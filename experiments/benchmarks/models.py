@@ -1,36 +1,36 @@
-"""Benchmark: training throughput of a reference model (one jitted SGD step).
+"""Benchmark: training throughput of a reference model (one SGD step).
 
     python -m experiments.benchmarks.models --model resnet20 [--batch 128]
-        [--steps 10] [--dtype float32] [--variants default,cpu-no-ynn]
-        [--compiler-option KEY=VALUE ...]
+        [--steps 10] [--dtype float32] [--variants default,xla-defaults,torch]
+        [--profile] [--compiler-option KEY=VALUE ...]
 
 Builds `gaf_optax.models.get(--model)` and a `gaf_optax.training.Trainer`
 with optax.sgd (momentum 0.9), compiles its training step (forward, backward,
 BatchNorm statistics, update; the state donated) on a fixed random batch,
-runs it
-`--steps` times and prints the compile time, the median step time (and the
-process CPU time per step), images per second and the peak resident memory
-of the process. Several `--variants` are compiled separately and timed
-interleaved, step by step, so that machine noise hits them alike. XLA flags
-are taken from the XLA_FLAGS environment variable as usual;
-`--compiler-option` sets XLA debug options for the training step alone
-(the Trainer's `compiler_options`).
+runs it `--steps` times and prints the compile time, the median step time
+(and the process CPU time per step), images per second and the peak resident
+memory of the process. Several `--variants` are timed interleaved, step by
+step, so that machine noise hits them alike:
 
-Variant `cpu-no-ynn` (`--cpu-no-ynn`; CPU only, the default options on
-other backends) compiles the step without XLA:CPU's YNNPACK library fusions
-(`xla_cpu_experimental_ynn_fusion_type=""`), so convolutions run on XLA's
-Eigen kernels. Measured on a shared 2-core CPU (medians, noisy): the
-YNNPACK weight-gradient convolutions of ResNet-18 take 2.5x as long as
-Eigen's in isolation (10.6 s vs 4.3 s summed over the layers), forward and
-input-gradient convolutions are on par; a whole ResNet-18 CIFAR step is about
-1.15x faster without YNNPACK, a ResNet-20 step unchanged (its 16-64 channel
-convolutions are fast either way).
+- `default`: the trainer's own compiler options
+  (`gaf_optax.training.default_compiler_options`: on CPU, convolutions on
+  XLA's Eigen kernels instead of YNNPACK's library fusions);
+- `xla-defaults`: XLA's own defaults (`Trainer(compiler_options={})`; on a
+  recent jaxlib's CPU backend, YNNPACK fusions on);
+- `torch`: the same architecture in eager PyTorch
+  (`experiments.benchmarks.torch_models`, equal parameter counts; SGD
+  momentum 0.9; optional dependency).
+
+`--profile` then times every convolution of the model alone (forward, input
+gradient, kernel gradient; `torch_models.conv_profile`) for each variant and
+prints their sums next to the step time: where the step's time goes.
+XLA flags are taken from the XLA_FLAGS environment variable as usual;
+`--compiler-option` adds XLA debug options to every JAX variant.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
 import resource
 import statistics
@@ -41,40 +41,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.benchmarks import torch_models
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import training
 
-# XLA:CPU debug options that route convolutions (and the rest) away from the
-# YNNPACK library fusions of recent jaxlib releases, to XLA's own Eigen-based
-# kernels; faster weight-gradient convolutions (module docstring). Passed per
-# compilation, so other programs and other backends are unaffected.
-CPU_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+def compiler_options(variant: str, extra: dict[str, str] | None = None
+                     ) -> dict[str, str] | None:
+  """The step's exact XLA options: the trainer's defaults or XLA's + extra."""
+  base = ({} if variant == "xla-defaults"
+          else training.default_compiler_options() or {})
+  return {**base, **(extra or {})}
 
 
-@functools.cache
-def ynn_supported() -> bool:
-  """Whether this jaxlib's CPU compiler knows the YNNPACK fusion option."""
-  if jax.default_backend() != "cpu":
-    return False
-  try:
-    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=CPU_NO_YNN)
-  except Exception:  # pylint: disable=broad-except
-    return False  # older jaxlib: "No such compile option"
-  return True
-
-
-def compiler_options(cpu_no_ynn: bool = False,
-                     extra: dict[str, str] | None = None) -> dict[str, str]:
-  """XLA compiler options for the training step (empty: XLA's defaults)."""
-  options = {}
-  if cpu_no_ynn and jax.default_backend() == "cpu":
-    options.update(CPU_NO_YNN)
-  options.update(extra or {})
-  return options
-
-
-VARIANTS = ("default", "cpu-no-ynn")
+VARIANTS = ("default", "xla-defaults", "torch")
 
 
 def main(argv=None) -> list[dict]:
@@ -89,8 +69,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--variants", default="default",
                       help=f"comma-separated, from {VARIANTS}; several are "
                       "timed interleaved, step by step")
-  parser.add_argument("--cpu-no-ynn", action="store_true",
-                      help="shorthand for --variants cpu-no-ynn")
+  parser.add_argument("--profile", action="store_true",
+                      help="also time every convolution of the model alone "
+                      "(forward, input and kernel gradients) per variant")
   parser.add_argument("--compiler-option", action="append", default=[],
                       metavar="KEY=VALUE",
                       help="an XLA debug option for every variant "
@@ -99,13 +80,9 @@ def main(argv=None) -> list[dict]:
   if args.model not in models.names():
     parser.error(f"unknown --model {args.model!r}; known: "
                  f"{', '.join(models.names())}")
-  variants = ["cpu-no-ynn"] if args.cpu_no_ynn else args.variants.split(",")
+  variants = args.variants.split(",")
   if not variants or set(variants) - set(VARIANTS):
     parser.error(f"--variants must be from {VARIANTS}; got {args.variants!r}")
-  if "cpu-no-ynn" in variants and not ynn_supported():
-    parser.error("--variants cpu-no-ynn needs the CPU backend of a jaxlib "
-                 "with YNNPACK fusions (option "
-                 f"{next(iter(CPU_NO_YNN))!r} is unknown here)")
   try:
     extra = dict(kv.split("=", 1) for kv in args.compiler_option)
   except ValueError:
@@ -126,11 +103,18 @@ def main(argv=None) -> list[dict]:
 
   runs = {}
   for name in variants:
-    options = compiler_options(name == "cpu-no-ynn", extra)
+    if name == "torch":  # the same architecture in eager PyTorch
+      step = torch_models.sgd_step(args.model, args.batch)
+      t0 = time.perf_counter()
+      loss = step()
+      runs[name] = dict(trainer=None, step=step, loss=loss, times=[], cpu=[],
+                        options=None, compile_s=time.perf_counter() - t0)
+      continue
+    options = compiler_options(name, extra)
     trainer = training.Trainer(
         model, tx, ds, batch_size=args.batch, mesh=training.make_mesh(1),
         preprocess=training.Preprocess.for_dataset(ds, augment=False),
-        compiler_options=options or None)
+        compiler_options=options)
     (batch,) = list(trainer.train_batches(0))
     t0 = time.perf_counter()  # the first call compiles
     loss = trainer.train_step(batch)["loss"]
@@ -141,8 +125,11 @@ def main(argv=None) -> list[dict]:
   for _ in range(args.steps):
     for run in runs.values():
       t0, c0 = time.perf_counter(), time.process_time()
-      run["loss"] = run["trainer"].train_step(run["batch"])["loss"]
-      jax.block_until_ready(run["loss"])
+      if run["trainer"] is None:
+        run["loss"] = run["step"]()
+      else:
+        run["loss"] = run["trainer"].train_step(run["batch"])["loss"]
+        jax.block_until_ready(run["loss"])
       run["times"].append(time.perf_counter() - t0)
       run["cpu"].append(time.process_time() - c0)
 
@@ -163,6 +150,30 @@ def main(argv=None) -> list[dict]:
           f"s/step); {args.batch / median:.1f} images/s; loss "
           f"{float(run['loss']):.3f}")
   print(f"peak RSS {peak_mib:.0f} MiB (process, all variants)")
+  if len(results) > 1:
+    base = results[-1] if variants[-1] == "torch" else results[0]
+    print("step time vs " + base["variant"] + ": " + ", ".join(
+        f"{r['variant']} {r['median_step_s'] / base['median_step_s']:.2f}x"
+        for r in results))
+  if args.profile:
+    jax_variants = {v: compiler_options(v, extra) or None
+                    for v in variants if v != "torch"}
+    prof = torch_models.conv_profile(
+        model, args.batch, jax_variants=jax_variants,
+        with_torch="torch" in variants)
+    print(f"convolutions of {args.model} at batch {args.batch}, each timed "
+          "alone (median of 5), summed over the model, ms:")
+    print("| variant | forward | input grad | kernel grad | all convs | "
+          "step | rest of the step |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+      p = prof.get(r["variant"])
+      if p is not None:
+        print(f"| {r['variant']} | {1e3 * p['forward']:.0f} | "
+              f"{1e3 * p['input_grad']:.0f} | {1e3 * p['kernel_grad']:.0f} "
+              f"| {1e3 * p['total']:.0f} | {1e3 * r['median_step_s']:.0f} | "
+              f"{1e3 * (r['median_step_s'] - p['total']):.0f} |")
+        r["conv_profile_s"] = p
   return results
 
 

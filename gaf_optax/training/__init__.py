@@ -56,13 +56,16 @@ from gaf_optax.training._step import layer_names
 from gaf_optax.training._step import make_eval_step
 from gaf_optax.training._step import make_train_step
 from gaf_optax.training._step import softmax_cross_entropy
+from gaf_optax.training._train import CPU_NO_YNN
 from gaf_optax.training._train import Trainer
+from gaf_optax.training._train import default_compiler_options
 from gaf_optax.training._train import initialize_distributed
 from gaf_optax.training._train import make_mesh
 from gaf_optax.training._train import train_and_evaluate
 
 __all__ = [
     "ACTIVATIONS",
+    "CPU_NO_YNN",
     "Checkpointer",
     "MetricWriter",
     "NonFiniteError",
@@ -80,6 +83,7 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "build_telemetry",
+    "default_compiler_options",
     "fsdp_spec",
     "get_activation",
     "init_state",

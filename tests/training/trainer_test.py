@@ -343,3 +343,22 @@ def test_device_data_needs_an_in_memory_set(tmp_path):
   with pytest.raises(ValueError, match="device_data=True needs a training "
                      "set held in memory"):
     _trainer(ds, batch_size=4, device_data=True)
+
+
+def test_trainer_compiles_without_ynnpack_on_cpu_unless_told():
+  options = training.default_compiler_options(training.make_mesh(1))
+  assert options in (training.CPU_NO_YNN, None)  # None: an older jaxlib
+  trainer_options = {"xla_backend_optimization_level": 0}
+  ds = data.get("digits")
+  mlp = models.MLP(features=(4,), num_classes=10)
+  default = training.Trainer(mlp, optax.sgd(0.1), ds, batch_size=8,
+                             mesh=training.make_mesh(1))
+  assert default.compiler_options == options
+  given = training.Trainer(mlp, optax.sgd(0.1), ds, batch_size=8,
+                           mesh=training.make_mesh(1),
+                           compiler_options=trainer_options)
+  assert given.compiler_options == trainer_options
+  xla = training.Trainer(mlp, optax.sgd(0.1), ds, batch_size=8,
+                         mesh=training.make_mesh(1), compiler_options={})
+  assert xla.compiler_options is None
+
