@@ -473,7 +473,8 @@ class Trainer:
   def take_epoch_sums(self) -> dict[str, float]:
     """Train loss/accuracy of the epoch so far; resets the sums."""
     sums = jax.device_get(self.state.sums)
-    count = max(float(sums["count"]), 1.0)
+    # Skipped non-finite steps add nothing; no finite step: NaN, not 0.
+    count = float(sums["count"]) or float("nan")
     self.state = self.state.replace(
         sums=_own_buffers(jax.device_put(_step.zero_sums(), self.replicated)))
     return {"train_loss": float(sums["loss"]) / count,
@@ -776,10 +777,13 @@ class Trainer:
 
       def epoch(state, rows):
         state, metrics = jax.lax.scan(train_step, state, rows)
-        count = jnp.maximum(state.sums["count"], 1.0)
+        # Steps with a non-finite loss add nothing to the sums; an epoch
+        # without a finite step has no train loss (NaN, not 0).
+        count = state.sums["count"]
+        seen = jnp.where(count > 0, count, jnp.nan)
         totals = self.eval_fn(state, test_batch)
-        record = {"train_loss": state.sums["loss"] / count,
-                  "train_accuracy": state.sums["correct"] / count,
+        record = {"train_loss": state.sums["loss"] / seen,
+                  "train_accuracy": state.sums["correct"] / seen,
                   "test_loss": totals["loss"] / totals["count"],
                   "test_accuracy": totals["correct"] / totals["count"],
                   **{k: jnp.mean(v, 0) for k, v in metrics.items()},

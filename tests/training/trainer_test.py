@@ -362,3 +362,10 @@ def test_trainer_compiles_without_ynnpack_on_cpu_unless_told():
                          mesh=training.make_mesh(1), compiler_options={})
   assert xla.compiler_options is None
 
+
+def test_a_diverged_epoch_has_no_train_loss_rather_than_zero(digits):
+  """Non-finite steps add nothing to the sums: the epoch's loss is NaN."""
+  trainer = _trainer(digits, tx=optax.sgd(1e8), num_epochs=2)
+  hist = trainer.fit_seeds([0])
+  assert np.isnan(hist["train_loss"][0, -1])
+  assert np.isnan(hist["train_accuracy"][0, -1])
