@@ -221,9 +221,11 @@ def folder_is_lazy(path: str, lazy: bool | None, max_cache_bytes: int
           "at a time and needs them unpacked (tar -xzf it first), or use "
           "lazy=False to decode it once into the cache")
     return False, []
+  if lazy is False:  # the cached path lists the folder itself
+    return False, []
   entries = _sources._listing_dir(path, _sources._image_extensions())  # pylint: disable=protected-access
-  if lazy is not None:
-    return lazy, entries
+  if lazy:
+    return True, entries
   train = [p for s, _, p in entries if s == "train"]
   sizes, grey = scan_headers(train)
   if len(sizes) > 1:
