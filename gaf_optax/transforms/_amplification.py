@@ -24,7 +24,9 @@ What is the papers' and what is ours:
   ``"delta"`` measures ``mean |r_t - r_(t-1)| / mean(r)``; a layer is
   selected when its measure exceeds the ``"mean"`` or ``"median"`` of the
   measures across layers; selections are made at epoch boundaries, once or
-  every epoch.
+  every epoch. A layer without a measure (a signal that was zero all epoch;
+  ``"delta"`` with one step per epoch) is never selected and is left out of
+  the threshold, so it does not stop the other layers' selection.
 - The weight-gradient variant (``labels=...``) scales the updates of the
   selected layers' own parameters. It is OURS, for models without
   amplification points: it is not the papers' mechanism, and it does not
@@ -115,11 +117,13 @@ def _measure(state, selection):
 
 
 def _threshold_selection(measure, threshold):
+  # Layers without a measure (NaN) are left out of the level and never
+  # selected; a NaN in jnp.mean/median would make every comparison false.
   if threshold == "mean":
-    level = jnp.mean(measure)
+    level = jnp.nanmean(measure)
   else:
-    level = jnp.median(measure)
-  return measure > level  # NaN measures (no statistics) select nothing
+    level = jnp.nanmedian(measure)
+  return measure > level
 
 
 def _label_of(label, num_layers):

@@ -121,12 +121,14 @@ def _reference_factors(stats, spe, selection, threshold, reselect, factor,
     epoch = t // spe
     if t and t % spe == 0 and (reselect == "epoch" or not chosen):
       r = stats[t - spe:t].astype(np.float64)
-      if selection == "cv":
-        measure = r.std(axis=0) / r.mean(axis=0)
-      else:
-        measure = np.abs(np.diff(r, axis=0)).mean(axis=0) / r.mean(axis=0)
-      level = np.mean(measure) if threshold == "mean" else np.median(measure)
-      selected, chosen = measure > level, True
+      with np.errstate(invalid="ignore", divide="ignore"):  # silent layers
+        if selection == "cv":
+          measure = r.std(axis=0) / r.mean(axis=0)
+        else:
+          measure = np.abs(np.diff(r, axis=0)).mean(axis=0) / r.mean(axis=0)
+        level = (np.nanmean(measure) if threshold == "mean"
+                 else np.nanmedian(measure))
+        selected, chosen = measure > level, True
     active = epoch >= start and (end is None or epoch < end)
     out.append(np.where(active & selected, factor, 1.0))
   return np.stack(out)
@@ -154,6 +156,29 @@ def test_selection_matches_numpy_recomputation(selection, threshold, reselect):
   assert (got == 3.0).any() and (got == 1.0).any()
   per_epoch = {tuple(got[e * spe + 1]) for e in range(1, 4)}
   assert len(per_epoch) > 1 or reselect == "once"
+
+
+@pytest.mark.parametrize("threshold", ["mean", "median"])
+@pytest.mark.parametrize("selection", ["cv", "delta"])
+def test_a_layer_without_a_measure_does_not_stop_the_selection(selection,
+                                                                threshold):
+  """A silent point (zero signal: 0/0 measure) is skipped, not contagious."""
+  rng = np.random.default_rng(1)
+  spe, layers = 6, 5
+  stats = np.abs(rng.uniform(0.5, 2.0, (1, layers)) * (
+      1 + rng.uniform(0.0, 0.5, (1, layers)) * rng.normal(size=(3 * spe,
+                                                               layers))))
+  stats[:, 0] = 0.0  # silent all along
+  stats = stats.astype(np.float32)
+  tx = gaf_optax.gradient_amplification(
+      layers, spe, factor=2.0, start_epoch=1, selection=selection,
+      threshold=threshold)
+  got, _, _ = _run_controller(tx, stats)
+  expected = _reference_factors(stats, spe, selection, threshold, "epoch",
+                                2.0, 1, None)
+  np.testing.assert_array_equal(got, expected)
+  assert (got[spe:, 1:] == 2.0).any()  # others are still selected
+  assert (got[:, 0] == 1.0).all()  # the silent one never is
 
 
 def test_factors_are_one_outside_the_epoch_window():
