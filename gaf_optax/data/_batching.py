@@ -7,6 +7,13 @@ process ``p`` of ``P`` gets rows ``[p * b, (p + 1) * b)`` of it, with
 ``b = B // P``. Stacking the processes' batches in process order gives the
 one-process batch exactly, and batch ``i`` can be produced without reading
 batches ``0 .. i - 1`` (exact resume from a step count).
+
+Batches are made in the calling thread, or, with ``num_workers=N``, in N
+Grain worker processes (``grain.MapDataset`` + ``mp_prefetch``) that read,
+decode and crop ahead of the training step and hand the batches back in
+order: the same batches either way. Because a batch is a pure function of
+``(seed, epoch, index)``, the step count is the pipeline's whole state; a
+checkpoint of the train state resumes the input exactly.
 """
 
 from __future__ import annotations
