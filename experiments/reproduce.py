@@ -251,8 +251,9 @@ def main(argv=None) -> dict:
   setting = SMOKE if args.smoke else Setting()
   precision = args.precision or (
       "f32" if jax.default_backend() == "cpu" else "bf16")
-  ds = data.get(args.data, data_dir=args.data_dir,
-                train_size=setting.train_size, test_size=setting.test_size)
+  ds = data.in_memory(data.get(  # resident on the device: read it whole
+      args.data, data_dir=args.data_dir, train_size=setting.train_size,
+      test_size=setting.test_size))
   seeds = tuple(range(args.seeds))
   start = time.perf_counter()
   plan_path = os.path.join(args.workdir, "plan.json")

@@ -77,6 +77,7 @@ from gaf_optax.data._sources import digits
 from gaf_optax.data._host import RecordSource
 from gaf_optax.data._host import folder
 from gaf_optax.data._subset import balanced_subset
+from gaf_optax.data._subset import in_memory
 from gaf_optax.data._subset import subset
 from gaf_optax.data._tfds import TfdsNotPreparedError
 from gaf_optax.data._tfds import TfdsSource
@@ -163,6 +164,7 @@ __all__ = [
     "epoch_order",
     "folder",
     "get",
+    "in_memory",
     "known_datasets",
     "load_tfds",
     "preprocess",

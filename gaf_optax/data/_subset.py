@@ -1,4 +1,4 @@
-"""Dataset options: class-balanced subsets and downsampled images."""
+"""Dataset options: in memory, class-balanced subsets, downsampled images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,42 @@ import numpy as np
 from gaf_optax.data._sources import ArraySource
 from gaf_optax.data._sources import Dataset
 
-__all__ = ["balanced_subset", "subset"]
+__all__ = ["balanced_subset", "in_memory", "subset"]
+
+
+def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of a source, as uint8 images and int32 labels."""
+  everything = np.arange(len(source))
+  if hasattr(source, "get_batch"):
+    images, labels = source.get_batch(everything)
+  else:
+    examples = [source[int(i)] for i in everything]
+    images = np.stack([np.asarray(e[0], np.uint8) for e in examples])
+    labels = np.array([e[1] for e in examples], np.int32)
+  return np.asarray(images), np.asarray(labels)
+
+
+def in_memory(dataset: Dataset) -> Dataset:
+  """The dataset with both splits read into memory (:class:`ArraySource`).
+
+  For sets that fit in host memory and are read from files (TFDS CIFAR, a
+  lazy folder at its crop size): what ``Trainer(device_data=True)`` and
+  ``Trainer.fit_seeds`` need. Host crops of lazy sources are applied once,
+  keyed as for ``src[i]`` (a fixed crop per image). A dataset already in
+  memory is returned as it is.
+
+  Example:
+    >>> from gaf_optax import data
+    >>> ds = data.get("digits")
+    >>> data.in_memory(ds) is ds
+    True
+  """
+  if (isinstance(dataset.train, ArraySource)
+      and isinstance(dataset.test, ArraySource)):
+    return dataset
+  return dataclasses.replace(
+      dataset, train=ArraySource(*_read_all(dataset.train)),
+      test=ArraySource(*_read_all(dataset.test)))
 
 
 def balanced_subset(labels: np.ndarray, size: int, num_classes: int,
@@ -97,13 +132,7 @@ def subset(dataset: Dataset, *, train_size: int | None = None,
   def take(source, size):
     if size is None and image_size is None:
       return source
-    everything = np.arange(len(source))
-    if hasattr(source, "get_batch"):
-      images, labels = source.get_batch(everything)
-    else:
-      examples = [source[int(i)] for i in everything]
-      images = np.stack([np.asarray(e[0], np.uint8) for e in examples])
-      labels = np.array([e[1] for e in examples], np.int32)
+    images, labels = _read_all(source)
     if size is not None:
       idx = balanced_subset(np.asarray(labels), size, dataset.num_classes,
                             seed)

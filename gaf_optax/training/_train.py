@@ -281,8 +281,9 @@ class Trainer:
       raise ValueError(
           "device_data=True needs a training set held in memory "
           "(gaf_optax.data.ArraySource); dataset.train is a "
-          f"{type(dataset.train).__name__}. Use data_workers for sets read "
-          "from files.")
+          f"{type(dataset.train).__name__}. Read it into memory first "
+          "(gaf_optax.data.in_memory(dataset)), or use data_workers for "
+          "sets too large for that.")
     self.device_data = bool(device_data)
     self._resident = None  # the training set on the devices (device_data)
     self.config = None  # set by from_config

@@ -1,4 +1,4 @@
-"""Dataset options: class-balanced subsets and downsampling."""
+"""Dataset options: in memory, class-balanced subsets and downsampling."""
 
 import numpy as np
 import pytest
@@ -56,3 +56,16 @@ def test_downsampling_keeps_a_constant_image_constant():
 def test_subset_errors_name_the_problem(digits, kwargs, match):
   with pytest.raises(ValueError, match=match):
     data.subset(digits, **kwargs)
+
+
+def test_in_memory_reads_a_lazy_set_whole_with_its_fixed_crops(tmp_path):
+  from tests.data.host_test import _imagenet_like  # pylint: disable=g-import-not-at-top
+  lazy = data.folder(_imagenet_like(tmp_path), crop_size=8)
+  held = data.in_memory(lazy)
+  assert isinstance(held.train, data.ArraySource)
+  assert held.train.images.shape == (12, 8, 8, 3)
+  for i in (0, 7):  # src[i]'s crop, keyed by the index alone
+    np.testing.assert_array_equal(held.train.images[i], lazy.train[i][0])
+    assert held.train.labels[i] == lazy.train[i][1]
+  np.testing.assert_array_equal(held.test.images[3], lazy.test[3][0])
+  assert (held.name, held.mean.tolist()) == (lazy.name, lazy.mean.tolist())
