@@ -109,9 +109,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 # XLA:CPU options the trainer compiles with unless given others: convolutions
 # run on XLA's Eigen kernels instead of the YNNPACK library fusions of
-# recent jaxlib releases, whose kernel-gradient convolutions were 1.5-1.6x
-# slower here (experiments/README.md, "Train step vs PyTorch": a CIFAR
-# ResNet-18 step 1.10x faster, a ResNet-20 step unchanged).
+# recent jaxlib releases, whose kernel-gradient convolutions were the slower
+# ones in our measurements (README.md, "Models: training throughput on this
+# CPU", made with experiments/benchmarks/models.py --profile).
 CPU_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -218,8 +218,9 @@ class Trainer:
       so the run, do not depend on it.
     device_data: hold the training set on the devices (uint8, replicated)
       and send only each batch's row indices: the step gathers the images
-      there. Needs an in-memory set (``ArraySource``: digits, CIFAR,
-      subsets); the batches, and so the run, are the same as without it.
+      there. Needs an in-memory set (``ArraySource``: digits, cached
+      folders, subsets, or ``gaf_optax.data.in_memory(dataset)``); the
+      batches, and so the run, are the same as without it.
 
   Example:
     >>> import gaf_optax
