@@ -238,17 +238,9 @@ def folder_is_lazy(path: str, lazy: bool | None, max_cache_bytes: int
 def lazy_folder(path: str, entries, *, crop_size: int, name: str
                 ) -> _sources.Dataset:
   """The lazy form of :func:`gaf_optax.data.folder`."""
-  by_split = {s: [e for e in entries if e[0] == s] for s in ("train", "test")}
-  for split, found in by_split.items():
-    if not found:
-      raise ValueError(
-          f"no images found under {split}/ in {path!r}: expected "
-          f"PATH/{split}/<class>/<image>")
-  classes = sorted({cls for _, cls, _ in by_split["train"]})
-  unknown = sorted({cls for _, cls, _ in by_split["test"]} - set(classes))
-  if unknown:
-    raise ValueError(f"test/ of {path!r} has classes not in train/: "
-                     f"{unknown}")
+  classes = _sources.folder_classes(path, {
+      split: [cls for s, cls, _ in entries if s == split]
+      for split in ("train", "test")})
   train, test = image_files(entries, classes, crop_size=crop_size)
   # The statistics of centre crops of a spread sample of training images.
   mean, std = sample_stats(RecordSource(train.records,

@@ -428,6 +428,32 @@ def _missing_folder(path: str) -> FileNotFoundError:
       "'cifar10')")
 
 
+def folder_classes(path: str, classes_by_split: dict[str, list[str]]
+                   ) -> list[str]:
+  """The class names (sorted ``train/`` folders) of an image folder.
+
+  Args:
+    path: the folder, for the messages.
+    classes_by_split: each split's class name per image found.
+
+  Raises:
+    ValueError: a split without images, or test classes not in train/.
+  """
+  empty = [s for s in _SPLITS if not classes_by_split.get(s)]
+  if empty:
+    raise ValueError(
+        f"no images found under {' and '.join(s + '/' for s in empty)} in "
+        f"{path!r}: expected PATH/{empty[0]}/<class>/<image> with a "
+        "Pillow-readable extension (.png, .jpg, .jpeg, .bmp, .gif, .webp, "
+        "...)")
+  classes = sorted(set(classes_by_split["train"]))
+  unknown = sorted(set(classes_by_split["test"]) - set(classes))
+  if unknown:
+    raise ValueError(
+        f"test/ of {path!r} has classes not in train/: {unknown}")
+  return classes
+
+
 def _decode_folder(path: str) -> dict[str, np.ndarray]:
   """Reads and decodes a folder or archive: arrays for the cache."""
   if not os.path.exists(path):
@@ -443,18 +469,8 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
   else:
     raise ValueError(
         f"{path!r} is neither a folder nor a .tar/.tar.gz/.tgz archive")
-  empty = [s for s in _SPLITS if not found[s]]
-  if empty:
-    raise ValueError(
-        f"no images found under {' and '.join(s + '/' for s in empty)} in "
-        f"{path!r}: expected PATH/{empty[0]}/<class>/<image> with a "
-        "Pillow-readable extension (.png, .jpg, .jpeg, .bmp, .gif, .webp, "
-        "...)")
-  classes = sorted({cls for cls, _, _ in found["train"]})
-  unknown = sorted({cls for cls, _, _ in found["test"]} - set(classes))
-  if unknown:
-    raise ValueError(
-        f"test/ of {path!r} has classes not in train/: {unknown}")
+  classes = folder_classes(
+      path, {s: [cls for cls, _, _ in found[s]] for s in _SPLITS})
   index = {cls: i for i, cls in enumerate(classes)}
   arrays = {"class_names": np.array(classes)}
   channels = None
