@@ -135,28 +135,24 @@ def _clip_value(cfg, lr, wd):
   return optax.chain(optax.clip(cfg.clip), _sgd(cfg, lr, wd))
 
 
+def _none_if_zero(value):
+  # The config's static values: 0 means "no stage" here, so a run with
+  # weight_decay=0 or momentum=0 keeps no decay stage or momentum buffer.
+  return value if value else None
+
+
 def _sgd_gaf(cfg, lr, wd):
-  gaf = dict(cfg.gaf)
-  if cfg.wd_mask is not None and gaf["position"] != "momentum":
-    raise ValueError(
-        "decay_bn_and_bias=False with sgd_gaf needs gaf.position='momentum' "
-        "(there weight decay comes first and can be masked); got "
-        f"{gaf['position']!r}.")
-  if cfg.wd_mask is not None:  # SGD_atanMom: decay first, so mask it there
-    return optax.chain(
-        optax.add_decayed_weights(wd, cfg.wd_mask),
-        gaf_optax.sgd_gaf(lr, cfg.momentum, nesterov=cfg.nesterov, **gaf))
-  return gaf_optax.sgd_gaf(lr, cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=wd, **gaf)
+  return gaf_optax.sgd_gaf(
+      lr, _none_if_zero(cfg.momentum), nesterov=cfg.nesterov,
+      weight_decay=_none_if_zero(wd),
+      weight_decay_mask=cfg.wd_mask if wd else None, **cfg.gaf)
 
 
 def _adam_gaf(cfg, lr, wd):
-  if cfg.wd_mask is not None:
-    raise ValueError(
-        "decay_bn_and_bias=False is not supported with adam_gaf (its weight "
-        "decay sits after GAF, inside the preset); use decay_bn_and_bias=True.")
   gaf = {k: cfg.gaf[k] for k in ("alpha", "beta", "fn")}
-  return gaf_optax.adam_gaf(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=wd, **gaf)
+  return gaf_optax.adam_gaf(
+      lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=_none_if_zero(wd),
+      weight_decay_mask=cfg.wd_mask if wd else None, **gaf)
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

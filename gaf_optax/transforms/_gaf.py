@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import chex
 import jax
@@ -65,7 +65,13 @@ __all__ = [
 ]
 
 ElementwiseFn = Callable[[jax.Array], jax.Array]
-FnLike = Union[str, ElementwiseFn]
+FnName = Literal["arctan", "tanh", "log"]
+FnLike = Union[FnName, ElementwiseFn]
+SgdFnLike = Union[Literal["arctan", "tanh", "log", "adaptive"], ElementwiseFn]
+Position = Literal["momentum", "gradient"]
+# optax's mask convention (`optax.masked`, `optax.add_decayed_weights`): a
+# pytree of bools like the params, or a callable that returns one.
+MaskOrFn = Union[Any, Callable[[Any], Any], None]
 
 # Minimax-style fit (our own, iteratively reweighted least squares) of
 # (atan(t)/t - 1)/t**2 as a polynomial in z = t**2 on [0, 1]; lowest order
@@ -199,15 +205,6 @@ def _static_value(value: Any) -> np.ndarray | None:
     return None
 
 
-def _is_python_zero(value: Any) -> bool:
-  # Structure decisions (leaving a stage out) look only at Python and NumPy
-  # values: a jax array, as `optax.inject_hyperparams` passes, must give the
-  # same chain in `init` (concrete) and in a jitted `update` (traced).
-  if isinstance(value, (int, float, np.number, np.ndarray)):
-    return np.ndim(value) == 0 and float(value) == 0.0
-  return False
-
-
 def _check(where: str, name: str, value: Any,
            ok: Callable[[np.ndarray], Any], accepted: str, *,
            schedule_ok: bool = True) -> None:
@@ -329,7 +326,7 @@ def gaf(
     alpha: optax.ScalarOrSchedule = 0.3,
     beta: optax.ScalarOrSchedule = 4.5,
     fn: FnLike = "arctan",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Applies a gradient activation function elementwise to every leaf.
 
   Each update ``u`` becomes ``alpha * fn(beta * u)``. With ``fn="arctan"``
@@ -367,8 +364,9 @@ def gaf(
       (ideally odd, monotone and bounded, with slope 1 at 0).
 
   Returns:
-    An :class:`optax.GradientTransformation`. Its state is empty, or a
-    :class:`GafState` step count when ``alpha`` or ``beta`` is a schedule.
+    An :class:`optax.GradientTransformationExtraArgs` (``update`` ignores
+    extra keyword arguments). Its state is empty, or a :class:`GafState`
+    step count when ``alpha`` or ``beta`` is a schedule.
 
   Raises:
     ValueError: ``alpha`` or ``beta`` is a static number or array that is not
@@ -399,7 +397,7 @@ def gaf(
 
 
 def _gaf(alpha, beta, fn, *, fusible: bool,
-         where: str) -> optax.GradientTransformation:
+         where: str) -> optax.GradientTransformationExtraArgs:
   """`gaf`; `fusible` picks the arctan for a value with several consumers.
 
   `where` is the public function the user called, for error messages.
@@ -431,25 +429,25 @@ def _gaf(alpha, beta, fn, *, fusible: bool,
 
   if not scheduled:
 
-    def update_fn(updates, state, params=None):
-      del params
+    def update_fn(updates, state, params=None, **extra_args):
+      del params, extra_args
       return apply(updates, alpha, beta), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     a = alpha(state.count) if callable(alpha) else alpha
     b = beta(state.count) if callable(beta) else beta
     return apply(updates, a, b), GafState(optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adaptive_gaf(
     shrink: jax.typing.ArrayLike,
     gamma: jax.typing.ArrayLike,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Adaptive arctan GAF, with scale and bound set per leaf and per step.
 
   For each leaf ``d``: ``m = max|d|``, ``alpha_t = 2 m / (pi * shrink)``,
@@ -476,7 +474,7 @@ def adaptive_gaf(
       0. Arrays must broadcast to every leaf's shape without changing it.
 
   Returns:
-    An :class:`optax.GradientTransformation` with an empty state.
+    An :class:`optax.GradientTransformationExtraArgs` with an empty state.
 
   Raises:
     ValueError: ``shrink`` or ``gamma`` is a schedule, or a static value that
@@ -497,7 +495,8 @@ def adaptive_gaf(
   return _adaptive_gaf(shrink, gamma, where="adaptive_gaf")
 
 
-def _adaptive_gaf(shrink, gamma, *, where: str) -> optax.GradientTransformation:
+def _adaptive_gaf(shrink, gamma, *,
+                  where: str) -> optax.GradientTransformationExtraArgs:
   """`adaptive_gaf`; `where` is the public function, for error messages."""
   # Numbers or arrays only: a schedule is not offered (the rule already
   # rescales every step from max|d|), and one is refused with this message.
@@ -523,35 +522,46 @@ def _adaptive_gaf(shrink, gamma, *, where: str) -> optax.GradientTransformation:
     out = jnp.where(is_zero, jnp.zeros_like(x), alpha * fast_arctan(beta * x))
     return out.astype(d.dtype)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     _check_leaves(where, "update", updates, scales)
     return jax.tree.map(shape_leaf, updates), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------
 # The authors' optimizers as chains.
 
 
-def _decay(weight_decay: Any) -> list[optax.GradientTransformation]:
-  # Coupled L2 decay, as in the official optimizers (d_p += wd * p). Left out
-  # when statically zero so that no parameter reads are added.
-  if _is_python_zero(weight_decay):
+def _decay(where: str, weight_decay: Any,
+           mask: MaskOrFn) -> list[optax.GradientTransformation]:
+  """Coupled L2 decay (``d += wd * p``), as in the official optimizers.
+
+  As in optax, the stage is absent when ``weight_decay`` is None, never
+  because of its value: the state's structure must not depend on whether
+  the value was injected (``optax.inject_hyperparams``).
+  """
+  if weight_decay is None:
+    if mask is not None:
+      raise ValueError(f"{where}: weight_decay_mask needs a weight_decay; got "
+                       "weight_decay=None.")
     return []
-  return [optax.add_decayed_weights(weight_decay)]
+  _check_non_negative(where, "weight_decay", weight_decay)
+  return [optax.add_decayed_weights(weight_decay, mask)]
 
 
-def _momentum(momentum: Any, nesterov: bool) -> list[optax.GradientTransformation]:
+def _momentum(momentum: Any,
+              nesterov: bool) -> list[optax.GradientTransformation]:
   # PyTorch starts its buffer at the first d; optax.trace starts at 0 and adds
-  # d, which is the same. Statically zero momentum keeps no buffer at all.
-  if _is_python_zero(momentum):
+  # d, which is the same. As in optax.sgd, None keeps no buffer; any number
+  # (0 included) keeps one.
+  if momentum is None:
     return []
   return [optax.trace(decay=momentum, nesterov=nesterov)]
 
 
-def _shaping(where: str, fn: FnLike, alpha, beta, shrink, gamma):
+def _shaping(where: str, fn: SgdFnLike, alpha, beta, shrink, gamma):
   if isinstance(fn, str) and fn == "adaptive":
     if shrink is None or gamma is None:
       raise ValueError(f'{where}: fn="adaptive" needs both shrink and gamma; '
@@ -566,17 +576,18 @@ def _shaping(where: str, fn: FnLike, alpha, beta, shrink, gamma):
 
 def sgd_gaf(
     learning_rate: optax.ScalarOrSchedule,
-    momentum: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike | None = 0.9,
     *,
     nesterov: bool = False,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike | None = None,
+    weight_decay_mask: MaskOrFn = None,
     alpha: optax.ScalarOrSchedule = 0.3,
     beta: optax.ScalarOrSchedule = 4.5,
-    fn: FnLike = "arctan",
-    position: str = "momentum",
+    fn: SgdFnLike = "arctan",
+    position: Position = "momentum",
     shrink: jax.typing.ArrayLike | None = None,
     gamma: jax.typing.ArrayLike | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and a gradient activation function (GAF).
 
   Reproduces the official PyTorch optimizers of the GAF paper (dampening 0):
@@ -592,8 +603,13 @@ def sgd_gaf(
     (see :func:`adaptive_gaf` for its documented deviation).
 
   The state holds exactly what ``optax.sgd(learning_rate, momentum)`` holds:
-  one momentum buffer per parameter (none if ``momentum`` is 0) and a step
-  count only if a schedule needs one. GAF itself keeps no state.
+  one momentum buffer per parameter (none if ``momentum`` is None) and a
+  step count only if a schedule needs one. GAF itself keeps no state. As in
+  optax, a stage is left out only when its argument is None, never because
+  of its value, so ``optax.inject_hyperparams(sgd_gaf)`` has the same state
+  structure as ``sgd_gaf``. Under ``inject_hyperparams`` pass callables
+  (``fn``, ``weight_decay_mask``) in ``static_args``, or they are taken for
+  schedules.
 
   Non-finite gradients are not checked (a check would cost a host sync per
   step, or skip steps silently). With ``momentum > 0`` and
@@ -614,11 +630,16 @@ def sgd_gaf(
 
   Args:
     learning_rate: a non-negative finite float or an optax schedule.
-    momentum: momentum coefficient in ``[0, 1]``: 0 keeps no buffer, 1 is
-      allowed (the buffer never decays), > 1 is refused (the buffer would
-      grow geometrically). A number or array, not a schedule.
+    momentum: momentum coefficient in ``[0, 1]``, or None for no momentum
+      buffer (as ``optax.sgd``). 1 is allowed (the buffer never decays), > 1
+      is refused (the buffer would grow geometrically). A number or array,
+      not a schedule.
     nesterov: Nesterov momentum, as in PyTorch (``d + momentum * buf``).
-    weight_decay: coupled L2 coefficient added to the gradient, >= 0.
+    weight_decay: coupled L2 coefficient added to the gradient, >= 0, or
+      None (default) for no decay stage.
+    weight_decay_mask: which parameters decay, in optax's mask convention
+      (as :func:`optax.add_decayed_weights`): a pytree of bools like the
+      params, or a callable returning one. None decays every parameter.
     alpha: GAF output scale (positive finite float, array or schedule; see
       :func:`gaf` for the shapes accepted); not used with ``fn="adaptive"``,
       which sets it per leaf and step.
@@ -630,12 +651,13 @@ def sgd_gaf(
     gamma: only with ``fn="adaptive"``: slope at 0.
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Raises:
     ValueError: a static argument is out of range (the message names it),
       or the arguments do not go together (``shrink`` without
-      ``fn="adaptive"``, ``nesterov`` without momentum).
+      ``fn="adaptive"``, ``nesterov`` without momentum,
+      ``weight_decay_mask`` without ``weight_decay``).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -650,22 +672,29 @@ def sgd_gaf(
     >>> [round(float(v), 4) for v in params['w']]
     [0.865, -1.8618]
 
+    Decaying only the kernels (leaves with more than one dimension):
+
+    >>> opt = gaf_optax.sgd_gaf(
+    ...     0.1, weight_decay=5e-4,
+    ...     weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+
   References:
     Liu et al., `Activated Gradients for Deep Neural Networks
     <https://arxiv.org/abs/2107.04228>`_, IEEE TNNLS.
   """
   where = "sgd_gaf"
   _check_non_negative(where, "learning_rate", learning_rate)
-  _check_momentum(where, momentum)
-  _check_non_negative(where, "weight_decay", weight_decay)
+  if momentum is not None:
+    _check_momentum(where, momentum)
   if position not in ("momentum", "gradient"):
     raise ValueError(f"{where}: position must be 'momentum' or 'gradient'; "
                      f"got {position!r}.")
-  if nesterov and _is_python_zero(momentum):
-    raise ValueError(f"{where}: nesterov=True needs a positive momentum; got "
-                     f"momentum={momentum!r}.")
+  if nesterov and momentum is None:
+    raise ValueError(f"{where}: nesterov=True needs a momentum; got "
+                     "momentum=None.")
   shaping = _shaping(where, fn, alpha, beta, shrink, gamma)
-  core = _decay(weight_decay) + _momentum(momentum, nesterov)
+  core = (_decay(where, weight_decay, weight_decay_mask)
+          + _momentum(momentum, nesterov))
   if position == "gradient":
     parts = [shaping] + core
   else:
@@ -713,13 +742,14 @@ def adam_gaf(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     *,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike | None = None,
+    weight_decay_mask: MaskOrFn = None,
     alpha: optax.ScalarOrSchedule = 0.1,
     beta: optax.ScalarOrSchedule = 15.0,
     fn: FnLike = "arctan",
     mu_dtype: Any | None = None,
     eps_before_bias_correction: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam with a gradient activation function: the official ``Adam_atan``.
 
   GAF acts on the raw gradient, before coupled L2 weight decay and both
@@ -737,7 +767,11 @@ def adam_gaf(
     b1: decay of the first moment, in ``[0, 1)``.
     b2: decay of the second moment, in ``[0, 1)``.
     eps: added to the root of the second moment, > 0.
-    weight_decay: coupled L2 coefficient, >= 0.
+    weight_decay: coupled L2 coefficient added after GAF, >= 0, or None
+      (default) for no decay stage.
+    weight_decay_mask: which parameters decay: a pytree of bools like the
+      params or a callable returning one (optax's mask convention); None
+      decays every parameter.
     alpha: GAF output scale (the official default is 0.1); as in :func:`gaf`.
     beta: GAF input scale (the official default is 15); as in :func:`gaf`.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or a callable.
@@ -746,7 +780,7 @@ def adam_gaf(
       as the official ``Adam_atan`` does (default False: optax's Adam).
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -766,13 +800,13 @@ def adam_gaf(
   _check_decay(where, "b1", b1)
   _check_decay(where, "b2", b2)
   _check_positive(where, "eps", eps, schedule_ok=False)
-  _check_non_negative(where, "weight_decay", weight_decay)
+  decay_stage = _decay(where, weight_decay, weight_decay_mask)
   moments = (_scale_by_adam_eps_first if eps_before_bias_correction
              else optax.scale_by_adam)
   return optax.chain(
       # Two consumers (the moments): the fusible arctan.
       _gaf(alpha, beta, fn, fusible=True, where=where),
-      *_decay(weight_decay),
+      *decay_stage,
       moments(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -783,12 +817,13 @@ def rmsprop_gaf(
     decay: jax.typing.ArrayLike = 0.99,
     eps: jax.typing.ArrayLike = 1e-8,
     *,
-    momentum: jax.typing.ArrayLike = 0.0,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    momentum: jax.typing.ArrayLike | None = None,
+    weight_decay: jax.typing.ArrayLike | None = None,
+    weight_decay_mask: MaskOrFn = None,
     alpha: optax.ScalarOrSchedule = 0.7,
     beta: optax.ScalarOrSchedule = 0.7,
     fn: FnLike = "arctan",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""RMSprop (PyTorch semantics) with a gradient activation function.
 
   ``chain(gaf, add_decayed_weights, scale_by_rms, trace, scale(-lr))``, i.e.
@@ -805,15 +840,19 @@ def rmsprop_gaf(
     decay: smoothing constant of the squared-gradient average (PyTorch
       ``alpha``), in ``[0, 1)``.
     eps: added to ``sqrt(v)``, > 0.
-    momentum: momentum coefficient in ``[0, 1]``: 0 keeps no buffer, 1 is
-      allowed (no decay), > 1 is refused.
-    weight_decay: coupled L2 coefficient, >= 0.
+    momentum: momentum coefficient in ``[0, 1]``, or None (default) for no
+      momentum buffer (as ``optax.rmsprop``); 1 is allowed (no decay), > 1 is
+      refused.
+    weight_decay: coupled L2 coefficient, >= 0, or None (default) for no
+      decay stage.
+    weight_decay_mask: which parameters decay (optax's mask convention: a
+      pytree of bools or a callable returning one); None decays all.
     alpha: GAF output scale; as in :func:`gaf`.
     beta: GAF input scale; as in :func:`gaf`.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or a callable.
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -828,12 +867,13 @@ def rmsprop_gaf(
   _check_non_negative(where, "learning_rate", learning_rate)
   _check_decay(where, "decay", decay)
   _check_positive(where, "eps", eps, schedule_ok=False)
-  _check_momentum(where, momentum)
-  _check_non_negative(where, "weight_decay", weight_decay)
+  if momentum is not None:
+    _check_momentum(where, momentum)
+  decay_stage = _decay(where, weight_decay, weight_decay_mask)
   return optax.chain(
       # Two consumers (the moments): the fusible arctan.
       _gaf(alpha, beta, fn, fusible=True, where=where),
-      *_decay(weight_decay),
+      *decay_stage,
       optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False),
       *_momentum(momentum, nesterov=False),
       optax.scale_by_learning_rate(learning_rate),

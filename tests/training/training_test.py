@@ -225,8 +225,11 @@ def test_half_precision_computes_in_bf16_and_keeps_f32_params():
   assert "bf16" in hlo.as_text()
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sgd_gaf", "clip_norm"])
-def test_weight_decay_can_exclude_biases_and_norm_parameters(optimizer):
+@pytest.mark.parametrize("optimizer,position", [
+    ("sgd", None), ("adam", None), ("clip_norm", None),
+    ("sgd_gaf", "momentum"), ("sgd_gaf", "gradient"), ("adam_gaf", None)])
+def test_weight_decay_can_exclude_biases_and_norm_parameters(optimizer,
+                                                             position):
   params = {"dense": {"kernel": np.ones((3, 2), np.float32),
                       "bias": np.ones(2, np.float32)},
             "bn": {"scale": np.ones(2, np.float32)}}
@@ -234,6 +237,8 @@ def test_weight_decay_can_exclude_biases_and_norm_parameters(optimizer):
   for exclude in (False, True):
     config = _config(optimizer=optimizer, weight_decay=0.1,
                      decay_bn_and_bias=not exclude)
+    if position is not None:
+      config.gaf.position = position
     tx, _ = training.build_optimizer(config, steps_per_epoch=10,
                                      params=params)
     updates, _ = tx.update(zeros, tx.init(params), params)
@@ -254,7 +259,3 @@ def test_schedules():
   sched = training.build_schedule(c, steps_per_epoch=10)
   np.testing.assert_allclose([sched(19), sched(20), sched(30)],
                              [1.0, 0.1, 0.01], rtol=1e-6)
-  with pytest.raises(ValueError, match="adam_gaf"):
-    training.build_optimizer(_config(optimizer="adam_gaf",
-                                     decay_bn_and_bias=False),
-                             steps_per_epoch=1, params={"w": np.ones((2, 2))})

@@ -189,7 +189,8 @@ def _sgd_pair(case, dtype, *, momentum=0.9, wd=5e-4, alpha=0.3, beta=4.5,
                           weight_decay=wd, fn=spec["fn"],
                           position=spec["position"], **kw)
   params, grads = _random_problem(dtype)
-  expected = _official_sgd(params, grads, lrs, momentum=momentum, wd=wd,
+  expected = _official_sgd(params, grads, lrs, momentum=momentum or 0.0,
+                           wd=wd,
                            nesterov=spec["nesterov"], shape=shape,
                            position=spec["position"])
   return _run_optax(opt, params, grads), expected
@@ -209,7 +210,7 @@ def test_sgd_family_matches_official_float64(case):
   _assert_close(actual, expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.5])
+@pytest.mark.parametrize("momentum", [None, 0.0, 0.5])
 def test_sgd_without_or_with_small_momentum_and_schedule(momentum):
   schedule = optax.cosine_decay_schedule(0.2, STEPS)
   for case in ("SGD_atan", "SGD_atanMom"):
@@ -437,8 +438,12 @@ def test_fn_slope_at_zero_is_alpha_beta(fn, alpha, beta):
      'fn="adaptive" needs both shrink and gamma'),
     (lambda: gaf_optax.sgd_gaf(0.1, shrink=2.0, gamma=1.0),
      'shrink and gamma only apply with fn="adaptive"'),
-    (lambda: gaf_optax.sgd_gaf(0.1, momentum=0.0, nesterov=True),
-     "nesterov=True needs a positive momentum"),
+    (lambda: gaf_optax.sgd_gaf(0.1, momentum=None, nesterov=True),
+     "nesterov=True needs a momentum; got momentum=None"),
+    (lambda: gaf_optax.sgd_gaf(0.1, weight_decay_mask={"w": True}),
+     "weight_decay_mask needs a weight_decay"),
+    (lambda: gaf_optax.adam_gaf(1e-3, weight_decay=-1.0),
+     "adam_gaf: weight_decay must be a non-negative"),
     (lambda: gaf_optax.sgd_gaf(0.1, alpha=-0.3), "alpha must be a positive"),
     (lambda: gaf_optax.adam_gaf(-1e-3), "learning_rate must be"),
     (lambda: gaf_optax.adam_gaf(1e-3, beta=0.0), "beta must be a positive"),
@@ -457,8 +462,9 @@ def test_state_holds_no_more_than_the_optax_baseline():
 
   sched = optax.cosine_decay_schedule(0.1, 10)
   for lr in (0.1, sched):
-    for m in (0.0, 0.9):
-      base = optax.sgd(lr, momentum=m or None)
+    # As in optax.sgd, momentum=None keeps no buffer and 0.0 keeps one.
+    for m in (None, 0.0, 0.9):
+      base = optax.sgd(lr, momentum=m)
       for position in ("momentum", "gradient"):
         assert layout(gaf_optax.sgd_gaf(lr, m, weight_decay=1e-4,
                                         position=position)) == layout(base)
