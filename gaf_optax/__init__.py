@@ -8,6 +8,7 @@ amplification points) live in :mod:`gaf_optax.nn`.
 
 from gaf_optax.transforms import adam_gaf
 from gaf_optax.transforms import adaptive_gaf
+from gaf_optax.transforms import AMPLIFICATION_STATIC_ARGS
 from gaf_optax.transforms import amplification_factors
 from gaf_optax.transforms import AmplificationState
 from gaf_optax.transforms import fast_arctan
@@ -20,6 +21,7 @@ from gaf_optax.transforms import sgd_gaf
 __version__ = "0.1.0"
 
 __all__ = [
+    "AMPLIFICATION_STATIC_ARGS",
     "AmplificationState",
     "GafState",
     "adam_gaf",

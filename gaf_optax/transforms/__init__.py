@@ -1,5 +1,6 @@
 """Gradient transformations: one method per module."""
 
+from gaf_optax.transforms._amplification import AMPLIFICATION_STATIC_ARGS
 from gaf_optax.transforms._amplification import amplification_factors
 from gaf_optax.transforms._amplification import AmplificationState
 from gaf_optax.transforms._amplification import gradient_amplification
@@ -12,6 +13,7 @@ from gaf_optax.transforms._gaf import rmsprop_gaf
 from gaf_optax.transforms._gaf import sgd_gaf
 
 __all__ = [
+    "AMPLIFICATION_STATIC_ARGS",
     "AmplificationState",
     "GafState",
     "adam_gaf",

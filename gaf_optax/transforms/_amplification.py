@@ -40,7 +40,7 @@ comparison includes SGD at the matching larger learning rate.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +48,22 @@ import numpy as np
 import optax
 
 __all__ = [
+    "AMPLIFICATION_STATIC_ARGS",
     "AmplificationState",
     "amplification_factors",
     "gradient_amplification",
 ]
 
+Selection = Literal["random", "cv", "delta"]
+Threshold = Literal["mean", "median"]
+Reselect = Literal["epoch", "once"]
 _SELECTIONS = ("random", "cv", "delta")
 _THRESHOLDS = ("mean", "median")
 _RESELECTS = ("epoch", "once")
+# Arguments that set shapes or Python structure: under
+# `optax.inject_hyperparams` they must be listed in `static_args`.
+AMPLIFICATION_STATIC_ARGS = ("num_layers", "steps_per_epoch", "selection",
+                             "threshold", "reselect", "labels")
 
 
 class AmplificationState(NamedTuple):
@@ -97,8 +105,8 @@ def _is_number(value) -> bool:
       value, bool)
 
 
-def _random_selection(seed, epoch, num_layers, num_selected):
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+def _random_selection(key, epoch, num_layers, num_selected):
+  key = jax.random.fold_in(key, epoch)
   order = jnp.argsort(jax.random.uniform(key, (num_layers,)))
   ranks = jnp.zeros(num_layers, jnp.int32).at[order].set(
       jnp.arange(num_layers, dtype=jnp.int32))
@@ -142,11 +150,12 @@ def gradient_amplification(
     factor: optax.ScalarOrSchedule = 2.0,
     start_epoch: int = 1,
     end_epoch: int | None = None,
-    selection: str = "cv",
-    threshold: str = "mean",
+    selection: Selection = "cv",
+    threshold: Threshold = "mean",
     ratio: float = 0.25,
-    reselect: str = "epoch",
+    reselect: Reselect = "epoch",
     seed: int = 0,
+    key: jax.Array | None = None,
     labels: Any | Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Selects layers to amplify at epoch boundaries (Basodi et al.).
@@ -172,6 +181,14 @@ def gradient_amplification(
   ``update`` is jittable; factors change by value, never by shape, so a
   jitted train step compiles once.
 
+  Under ``optax.inject_hyperparams``, the structural arguments
+  (``num_layers``, ``steps_per_epoch``, ``selection``, ``threshold``,
+  ``reselect`` and a callable ``labels``, listed in
+  ``gaf_optax.AMPLIFICATION_STATIC_ARGS``) must be static:
+  ``inject_hyperparams(gradient_amplification,
+  static_args=AMPLIFICATION_STATIC_ARGS)``. ``factor``, ``start_epoch``,
+  ``end_epoch``, ``ratio``, ``seed`` and ``key`` can be injected.
+
   Args:
     num_layers: number of candidate layers (amplification points).
     steps_per_epoch: optimizer steps per epoch.
@@ -187,7 +204,10 @@ def gradient_amplification(
       one layer).
     reselect: ``"epoch"`` (select again at every epoch boundary) or
       ``"once"`` (keep the first selection).
-    seed: seed of the random selection.
+    seed: seed of the random selection, used when ``key`` is None.
+    key: the random selection's key, a typed key (``jax.random.key``) as
+      optax's noise transformations take; when given, ``seed`` must be left
+      at 0.
     labels: None for amplification points (then ``update`` needs
       ``layer_stats``), or, for the weight-gradient variant, a pytree like
       the params (or a function of the params returning one) mapping each
@@ -249,9 +269,22 @@ def gradient_amplification(
     raise ValueError(f"factor must be > 0; got {factor!r}.")
   if _is_number(seed) and not float(seed).is_integer():
     raise ValueError(f"seed must be an int; got {seed!r}.")
+  if key is not None:
+    if not (hasattr(key, "dtype") and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key) and np.ndim(key) == 0):
+      raise ValueError(
+          "key must be a scalar typed PRNG key (jax.random.key(...)); got "
+          f"{key!r}.")
+    # (Under inject_hyperparams seed arrives as an array: not checked.)
+    if _is_number(seed) and seed != 0:
+      raise ValueError(f"give key or seed, not both; got seed={seed!r} and a "
+                       "key.")
   if not (_is_number(factor) or callable(factor) or hasattr(factor, "dtype")):
     raise ValueError(
         f"factor must be a number, an array or a schedule; got {factor!r}.")
+
+  def base_key():
+    return jax.random.key(seed) if key is None else key
 
   def num_random():
     return jnp.maximum(1, jnp.round(ratio * num_layers)).astype(jnp.int32)
@@ -272,7 +305,7 @@ def gradient_amplification(
     zeros = lambda: jnp.zeros(num_layers, jnp.float32)
     count = jnp.zeros((), jnp.int32)
     if selection == "random":
-      selected = _random_selection(seed, 0, num_layers, num_random())
+      selected = _random_selection(base_key(), 0, num_layers, num_random())
     else:
       selected = jnp.zeros(num_layers, bool)
     return AmplificationState(
@@ -340,7 +373,7 @@ def gradient_amplification(
     boundary = count % steps_per_epoch == 0
     if selection == "random":
       candidate = _random_selection(
-          seed, count // steps_per_epoch, num_layers, num_random())
+          base_key(), count // steps_per_epoch, num_layers, num_random())
     else:
       candidate = _threshold_selection(_measure(acc, selection), threshold)
     reselect_now = boundary
@@ -363,22 +396,38 @@ def gradient_amplification(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _in_amplification_state(path, value) -> bool:
+  del value
+  return bool(path) and getattr(path[-1], "tuple_name",
+                                None) == AmplificationState.__name__
+
+
 def amplification_factors(state: Any) -> jax.Array:
   """The factors for the next forward pass, float32[num_layers].
 
   Args:
     state: an :class:`AmplificationState`, or an optimizer state that holds
-      exactly one (e.g. the state of an ``optax.chain``).
+      exactly one: the state of an ``optax.chain``, of
+      ``optax.inject_hyperparams``, or ``flax.nnx.Optimizer.opt_state``
+      (whose arrays are wrapped in variables).
 
   Returns:
     float32[num_layers]: ``factor`` for the selected layers inside the epoch
     window, 1 elsewhere.
+
+  Raises:
+    ValueError: ``state`` holds no :class:`AmplificationState`, or several.
   """
-  found = [s for s in jax.tree.leaves(
-      state, is_leaf=lambda s: isinstance(s, AmplificationState))
-           if isinstance(s, AmplificationState)]
-  if len(found) != 1:
+  try:
+    found = optax.tree.get(state, "factors",
+                           filtering=_in_amplification_state)
+    count = 0 if found is None else 1
+  except KeyError:
+    found, count = None, 2
+  if count != 1:
     raise ValueError(
         "amplification_factors needs a state holding exactly one "
-        f"AmplificationState; found {len(found)}.")
-  return found[0].factors
+        f"AmplificationState; found {'none' if count == 0 else 'several'}.")
+  # A wrapper such as nnx's OptArray is a pytree around the one array.
+  (factors,) = jax.tree.leaves(found)
+  return factors

@@ -208,6 +208,61 @@ def test_random_selection_is_reproducible_and_seeded():
   assert len({tuple(s) for s in a[1::2]}) > 1
 
 
+def test_a_typed_key_draws_what_its_seed_draws_and_can_be_injected():
+  def selections(**kw):
+    tx = gaf_optax.gradient_amplification(
+        20, 2, selection="random", ratio=0.25, start_epoch=0, **kw)
+    return _run_controller(tx, np.ones((6, 20), np.float32))[1]
+
+  np.testing.assert_array_equal(selections(key=jax.random.key(3)),
+                                selections(seed=3))
+  assert not np.array_equal(selections(key=jax.random.key(3)),
+                            selections(key=jax.random.key(4)))
+  # Injected (the key becomes state): the same draws.
+  injected = optax.inject_hyperparams(
+      gaf_optax.gradient_amplification,
+      static_args=gaf_optax.AMPLIFICATION_STATIC_ARGS)(
+          20, 2, selection="random", ratio=0.25, start_epoch=0,
+          key=jax.random.key(3))
+  state = injected.init({})
+  update = jax.jit(lambda s: injected.update({}, s,
+                                             layer_stats=jnp.ones(20)))
+  got = []
+  for _ in range(6):
+    _, state = update(state)
+    got.append(np.asarray(state.inner_state.selected))
+  np.testing.assert_array_equal(np.stack(got), selections(seed=3))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(key=3), "key must be a scalar typed PRNG key"),
+    (dict(key=jax.random.split(jax.random.key(0), 2)),
+     "key must be a scalar typed PRNG key"),
+    (dict(key=jax.random.key(0), seed=1), "give key or seed, not both"),
+])
+def test_bad_key_is_refused(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    gaf_optax.gradient_amplification(2, 1, selection="random",
+                                     start_epoch=0, **kwargs)
+
+
+def test_factors_are_read_from_an_nnx_optimizer():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  tx = optax.chain(
+      gaf_optax.gradient_amplification(
+          2, 1, factor=3.0, selection="random", ratio=0.5, start_epoch=0,
+          labels=lambda p: jax.tree.map(lambda _: 0, p)),
+      optax.sgd(0.1))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  factors = gaf_optax.amplification_factors(optimizer.opt_state)
+  assert isinstance(factors, jax.Array) and factors.shape == (2,)
+  plain = gaf_optax.amplification_factors(tx.init(nnx.state(model,
+                                                            nnx.Param)))
+  np.testing.assert_array_equal(factors, plain)
+  assert sorted(np.asarray(factors).tolist()) == [1.0, 3.0]
+
+
 def test_reselect_once_keeps_the_first_random_draw():
   tx = gaf_optax.gradient_amplification(
       20, 2, selection="random", ratio=0.5, start_epoch=0, reselect="once")
@@ -386,8 +441,12 @@ def test_bad_update_inputs_raise_at_trace_time():
   bad = gaf_optax.gradient_amplification(2, 1, labels={"a": 0})
   with pytest.raises(ValueError, match="structure of the updates"):
     bad.update({"b": jnp.ones(1)}, bad.init(None))
-  with pytest.raises(ValueError, match="exactly one AmplificationState"):
+  with pytest.raises(ValueError, match="exactly one AmplificationState; "
+                     "found several"):
     gaf_optax.amplification_factors((state, state))
+  with pytest.raises(ValueError, match="exactly one AmplificationState; "
+                     "found none"):
+    gaf_optax.amplification_factors(optax.sgd(0.1).init({"w": jnp.ones(2)}))
 
 
 # ---------------------------------------------------------------------------
