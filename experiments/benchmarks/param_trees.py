@@ -5,6 +5,11 @@ HWIO layout; BatchNorm scale and bias; no running statistics), so parameter
 counts match theirs: ResNet-18 for CIFAR-10 has 11,173,962 parameters and
 ResNet-50 for ImageNet 25,557,032. Only shapes are built here; the Flax
 models themselves live in `gaf_optax.models`.
+
+The ``*_torch`` trees hold the same tensors in PyTorch's layout (conv
+kernels OIHW, so the minor dimension is 3 or 1; dense kernels (out, in)), as
+a model ported from PyTorch has them: elementwise loops on XLA:CPU follow
+the minor dimension, so the layout alone changes an optimizer's speed.
 """
 
 from __future__ import annotations
@@ -49,12 +54,26 @@ def resnet_shapes(stage_sizes, bottleneck, *, num_classes, imagenet_stem):
   return tree
 
 
+def torch_layout(shapes):
+  """The same shapes in PyTorch's layout: HWIO -> OIHW, (in, out) -> (out, in)."""
+  out = {}
+  for name, shape in shapes.items():
+    if len(shape) == 4:
+      h, w, i, o = shape
+      shape = (o, i, h, w)
+    elif len(shape) == 2:
+      shape = shape[::-1]
+    out[name] = shape
+  return out
+
+
 SHAPES = {
     "resnet18_cifar10": resnet_shapes([2, 2, 2, 2], False, num_classes=10,
                                       imagenet_stem=False),
     "resnet50_imagenet": resnet_shapes([3, 4, 6, 3], True, num_classes=1000,
                                        imagenet_stem=True),
 }
+SHAPES.update({f"{k}_torch": torch_layout(v) for k, v in list(SHAPES.items())})
 
 
 def random_tree(name: str, key: jax.Array, scale: float = 1.0,

@@ -319,6 +319,93 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 # --------------------------------------------------------------------------
+# Flat views of leaves (XLA:CPU).
+
+# A view's minor dimension is made at least this wide.
+_MIN_MINOR = 128
+
+
+def _flat_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Merges trailing dimensions until the minor one is >= `_MIN_MINOR`."""
+  dims = list(shape)
+  while len(dims) > 1 and dims[-1] < _MIN_MINOR:
+    last = dims.pop()
+    dims[-1] *= last
+  return tuple(dims)
+
+
+def _explicitly_sharded(x: jax.Array, merged_from: int) -> bool:
+  """Whether an explicit-sharding axis sits on dims >= merged_from + 1."""
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None:
+    return False
+  spec = getattr(getattr(typeof(x), "sharding", None), "spec", None)
+  if spec is None:
+    return False
+  return any(axis is not None for axis in tuple(spec)[merged_from + 1:])
+
+
+def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
+                   leaves: list[jax.Array], *,
+                   enabled: bool = True) -> tuple[jax.Array, ...]:
+  """``fn(*leaves)``, elementwise, computed on wide views of the leaves on CPU.
+
+  ``fn`` returns a tuple of arrays of the leaves' (common) shape. Why we
+  write this ourselves: XLA:CPU vectorizes an elementwise loop along its
+  output's minor dimension, so on a leaf whose minor dimension is small (a
+  PyTorch-layout conv kernel ``(out, in, 3, 3)``, an ``(n, 1)`` leaf) a loop
+  of transcendental functions runs scalar, several times slower. A reshape
+  alone does not help: XLA moves it back into the fusion, whose loop follows
+  the root's shape. So on CPU the leaves are reshaped to views whose minor
+  dimension is at least 128 (a free bitcast) and fenced with
+  ``jax.lax.optimization_barrier``, which keeps the loops on the views. Only
+  for state buffers: ``fn``'s outputs are materialized (fenced also for
+  leaves already wide, so that their consumers read them instead of
+  recomputing ``fn``), which is free for a buffer the state keeps anyway.
+  Other platforms (their loop emitters are not sensitive to the layout) run
+  ``fn`` as it is; ``enabled=False`` (a non-scalar hyper-parameter that must
+  broadcast against the leaf's real shape) and leaves explicitly sharded on
+  a merged dimension keep their shape.
+  """
+  shape = tuple(leaves[0].shape)
+  flat = _flat_shape(shape)
+  if not enabled or any(_explicitly_sharded(x, len(flat) - 1)
+                        for x in leaves):
+    flat = shape
+
+  def on_views(*xs):
+    if flat != shape:
+      xs = jax.lax.optimization_barrier(tuple(x.reshape(flat) for x in xs))
+    # Fenced outputs also stop XLA from recomputing fn in their consumers.
+    outs = jax.lax.optimization_barrier(tuple(fn(*xs)))
+    return tuple(o.reshape(shape) for o in outs)
+
+  return tuple(jax.lax.platform_dependent(
+      *leaves, cpu=on_views, default=lambda *xs: tuple(fn(*xs))))
+
+
+def _is_scalar(value: Any) -> bool:
+  return callable(value) or np.ndim(value) == 0
+
+
+def _mask_leaves(mask: MaskOrFn, updates: Any) -> list[bool]:
+  """optax.masked's reading of a mask: one bool per leaf of `updates`."""
+  if mask is None:
+    return [True] * len(jax.tree.leaves(updates))
+  tree = mask(updates) if callable(mask) else mask
+  full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
+                      tree, updates)
+  return [bool(m) for m in jax.tree.leaves(full)]
+
+
+def _advance(stage_state: Any) -> Any:
+  """The next state of a stage whose state is empty or a step count only."""
+  if not jax.tree.leaves(stage_state):
+    return stage_state
+  return stage_state._replace(count=optax.safe_increment(stage_state.count))
+
+
+# --------------------------------------------------------------------------
 # Transformations.
 
 
@@ -776,6 +863,9 @@ def adam_gaf(
     beta: GAF input scale (the official default is 15); as in :func:`gaf`.
     fn: ``"arctan"``, ``"tanh"``, ``"log"`` or a callable.
     mu_dtype: optional dtype of the first moment, as in :func:`optax.adam`.
+      Our design: the update reads the stored (rounded) first moment, where
+      ``optax.adam`` uses this step's unrounded one (they differ by the
+      rounding of ``mu_dtype``).
     eps_before_bias_correction: add ``eps`` before bias correction, exactly
       as the official ``Adam_atan`` does (default False: optax's Adam).
 
@@ -803,13 +893,87 @@ def adam_gaf(
   decay_stage = _decay(where, weight_decay, weight_decay_mask)
   moments = (_scale_by_adam_eps_first if eps_before_bias_correction
              else optax.scale_by_adam)
-  return optax.chain(
-      # Two consumers (the moments): the fusible arctan.
-      _gaf(alpha, beta, fn, fusible=True, where=where),
-      *decay_stage,
-      moments(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-      optax.scale_by_learning_rate(learning_rate),
-  )
+  # The chain this preset is; its update below computes the same in one pass
+  # per leaf. The chain gives the state (structure and init).
+  stages = [_gaf(alpha, beta, fn, fusible=True, where=where), *decay_stage,
+            moments(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+            optax.scale_by_learning_rate(learning_rate)]
+  chain = optax.chain(*stages)
+  act = _resolve_fn(where, fn, allowed=("arctan", "tanh", "log"))
+  # arctan and log are odd by construction (copysign of a function of |x|):
+  # act(b * |g|) * sign(g) equals act(b * g) bit for bit.
+  odd = isinstance(fn, str) and fn in ("arctan", "log")
+  wd = weight_decay
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    gaf_state, *decay_states, adam_state, lr_state = state
+    count = getattr(gaf_state, "count", None)
+    a = alpha(count) if callable(alpha) else alpha
+    b = beta(count) if callable(beta) else beta
+    _check_leaves(where, "update", updates, {"alpha": a, "beta": b})
+    if decay_stage and params is None:
+      raise ValueError(f"{where}: weight_decay needs the params in update.")
+    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+              else [False] * len(jax.tree.leaves(updates)))
+    flat_ok = all(_is_scalar(v) for v in (a, b, wd, b1, b2))
+    step = optax.safe_increment(adam_state.count)
+
+    def moments_of(g, mu, nu, *p):
+      # One pass per buffer. GAF has two consumers here; each computes it
+      # itself (for odd functions from two different expressions, so that
+      # XLA does not merge them and write the shared value to memory).
+      cdt = _compute_dtype(g.dtype)
+      x = g.astype(cdt)
+      ac, bc = jnp.asarray(a, cdt), jnp.asarray(b, cdt)
+      d1 = ac * act(bc * x)
+      d2 = (ac * act(bc * jnp.abs(x))) * jnp.sign(x) if odd else d1
+      if p:
+        p_c = p[0].astype(cdt)
+        d1 = d1 + jnp.asarray(wd, cdt) * p_c
+        d2 = d2 + jnp.asarray(wd, cdt) * p_c
+      # optax.tree.update_moment(_per_elem_norm)'s arithmetic.
+      mu_new = (1 - b1) * d1 + b1 * mu.astype(cdt)
+      nu_new = (1 - b2) * (d2 * d2) + b2 * nu.astype(cdt)
+      return mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
+
+    treedef = jax.tree.structure(updates)
+    g_leaves = jax.tree.leaves(updates)
+    p_leaves = (jax.tree.leaves(params) if params is not None
+                else [None] * len(g_leaves))
+    mus, nus = [], []
+    for g, mu, nu, p, dec in zip(
+        g_leaves, jax.tree.leaves(adam_state.mu),
+        jax.tree.leaves(adam_state.nu), p_leaves, decays, strict=True):
+      leaves = [jnp.asarray(g), mu, nu] + ([p] if dec else [])
+      mu_new, nu_new = _on_flat_views(moments_of, leaves, enabled=flat_ok)
+      mus.append(mu_new)
+      nus.append(nu_new)
+
+    t = step.astype(jnp.result_type(float))
+    if eps_before_bias_correction:
+      bc1 = -jnp.expm1(t * jnp.log1p(-(1 - b1)))
+      bc2 = -jnp.expm1(t * jnp.log1p(-(1 - b2)))
+      step_size = jnp.sqrt(bc2) / bc1
+      direction = [(step_size * (m / (jnp.sqrt(v) + eps))).astype(g.dtype)
+                   for m, v, g in zip(mus, nus, g_leaves)]
+    else:
+      # optax.scale_by_adam's bias correction, with one square root and one
+      # division per element (they run in the caller's update loop).
+      inv_bc1 = 1 / (1 - b1**step)
+      inv_sqrt_bc2 = jax.lax.rsqrt(1 - b2**step)
+      direction = [((m * inv_bc1) / (jnp.sqrt(v) * inv_sqrt_bc2 + eps)
+                    ).astype(g.dtype) for m, v, g in zip(mus, nus, g_leaves)]
+    new_updates, lr_state = stages[-1].update(
+        jax.tree.unflatten(treedef, direction), lr_state)
+    new_adam = optax.ScaleByAdamState(
+        count=step, mu=jax.tree.unflatten(treedef, mus),
+        nu=jax.tree.unflatten(treedef, nus))
+    return new_updates, (_advance(gaf_state),
+                         *[_advance(s) for s in decay_states], new_adam,
+                         lr_state)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
 
 def rmsprop_gaf(

@@ -475,3 +475,82 @@ def test_state_holds_no_more_than_the_optax_baseline():
         lr, eps_before_bias_correction=True)) == layout(optax.adam(lr))
     assert layout(gaf_optax.rmsprop_gaf(lr)) == layout(
         optax.rmsprop(lr, decay=0.99))
+
+
+# ---------------------------------------------------------------------------
+# adam_gaf's one-pass update equals the chain it documents.
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(weight_decay=1e-2, weight_decay_mask=lambda p: jax.tree.map(
+        lambda x: x.ndim > 1, p)),
+    dict(alpha=optax.linear_schedule(0.1, 0.3, 20), fn="tanh",
+         weight_decay=1e-3),
+    dict(eps_before_bias_correction=True, fn="log"),
+    dict(fn=lambda x: x / (1 + jnp.abs(x))),
+], ids=["default", "masked_decay", "schedule_tanh", "official_eps_log",
+        "callable"])
+def test_adam_gaf_equals_its_optax_chain(kwargs):
+  lr = optax.cosine_decay_schedule(1e-2, 30)
+  kw = dict(kwargs)
+  eps_first = kw.pop("eps_before_bias_correction", False)
+  wd, mask = kw.pop("weight_decay", None), kw.pop("weight_decay_mask", None)
+  moments = (_gaf_module._scale_by_adam_eps_first if eps_first
+             else optax.scale_by_adam)
+  chain = optax.chain(
+      gaf_optax.gaf(kw.pop("alpha", 0.1), 15.0, kw.pop("fn", "arctan")),
+      *([optax.add_decayed_weights(wd, mask)] if wd is not None else []),
+      moments(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale_by_learning_rate(lr))
+  preset = gaf_optax.adam_gaf(lr, **kwargs)
+  # PyTorch- and Flax-layout kernels: both code paths of the preset.
+  rng = np.random.default_rng(0)
+  shapes = {"torch": (16, 4, 3, 3), "flax": (3, 3, 4, 256), "b": (16,)}
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in shapes.items()}
+  states = [chain.init(params), preset.init(params)]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  steps = [jax.jit(chain.update), jax.jit(preset.update)]
+  for t in range(12):
+    g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-4, 0),
+                        jnp.float32) for k, s in shapes.items()}
+    (u0, states[0]), (u1, states[1]) = (
+        step(g, s, params) for step, s in zip(steps, states))
+    for a, b in zip(jax.tree.leaves((u1, states[1])),
+                    jax.tree.leaves((u0, states[0])), strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-12)
+    params = optax.apply_updates(params, u0)
+
+
+def test_adam_gaf_mu_dtype_stores_the_first_moment_rounded():
+  params = {"w": jnp.ones((16, 4, 3, 3)), "b": jnp.ones(16)}
+  g = jax.tree.map(lambda p: 0.01 * jnp.arange(p.size, dtype=p.dtype
+                                               ).reshape(p.shape), params)
+  full, low = gaf_optax.adam_gaf(1e-3), gaf_optax.adam_gaf(
+      1e-3, mu_dtype=jnp.bfloat16)
+  (u0, s0), (u1, s1) = (opt.update(g, opt.init(params), params)
+                        for opt in (full, low))
+  assert {x.dtype for x in jax.tree.leaves(s1[1].mu)} == {
+      jnp.dtype(jnp.bfloat16)}
+  for a, b in zip(jax.tree.leaves(s1[1].mu), jax.tree.leaves(s0[1].mu)):
+    np.testing.assert_array_equal(a, b.astype(jnp.bfloat16))
+  # The update reads the rounded moment: bfloat16's 2**-8 from float32's.
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u0)):
+    np.testing.assert_allclose(a, b, rtol=2**-7)
+
+
+def test_adam_gaf_moments_run_on_wide_views_on_cpu():
+  # A PyTorch-layout kernel (minor dimension 3) is updated through a
+  # (16, 144) view; a Flax-layout one (minor 256) keeps its shape.
+  opt = gaf_optax.adam_gaf(1e-3)
+  for shape, view in (((16, 16, 3, 3), "f32[16,144]"),
+                      ((3, 3, 16, 256), None)):
+    params = {"w": jnp.ones(shape)}
+    hlo = jax.jit(opt.update).lower(params, opt.init(params)).compile()
+    text = hlo.as_text()
+    if view is None:
+      assert "bitcast(" not in text
+    else:
+      assert view in text, text[:2000]

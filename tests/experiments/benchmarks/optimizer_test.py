@@ -22,3 +22,14 @@ def test_bench_rejects_unknown_tree(capsys):
   with pytest.raises(SystemExit):
     optimizer.main(["--trees", "vgg99"])
   assert "unknown --trees ['vgg99']" in capsys.readouterr().err
+
+
+def test_torch_layout_trees_hold_the_same_tensors_transposed():
+  for name in ("resnet18_cifar10", "resnet50_imagenet"):
+    flax, torch = param_trees.SHAPES[name], param_trees.SHAPES[f"{name}_torch"]
+    assert flax.keys() == torch.keys()
+    assert param_trees.num_params(f"{name}_torch") == param_trees.num_params(
+        name)
+    conv = flax["stem/kernel"]
+    assert torch["stem/kernel"] == (conv[3], conv[2], conv[0], conv[1])
+    assert torch["head/kernel"] == flax["head/kernel"][::-1]
