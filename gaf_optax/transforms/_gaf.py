@@ -346,8 +346,8 @@ def _explicitly_sharded(x: jax.Array, merged_from: int) -> bool:
 
 
 def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
-                   leaves: list[jax.Array], *,
-                   enabled: bool = True) -> tuple[jax.Array, ...]:
+                   leaves: list[jax.Array], *, enabled: bool = True,
+                   fence_wide: bool = True) -> tuple[jax.Array, ...]:
   """``fn(*leaves)``, elementwise, computed on wide views of the leaves on CPU.
 
   ``fn`` returns a tuple of arrays of the leaves' (common) shape. Why we
@@ -365,13 +365,16 @@ def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
   Other platforms (their loop emitters are not sensitive to the layout) run
   ``fn`` as it is; ``enabled=False`` (a non-scalar hyper-parameter that must
   broadcast against the leaf's real shape) and leaves explicitly sharded on
-  a merged dimension keep their shape.
+  a merged dimension keep their shape. ``fence_wide=False`` runs ``fn`` as
+  it is on leaves that keep their shape.
   """
   shape = tuple(leaves[0].shape)
   flat = _flat_shape(shape)
   if not enabled or any(_explicitly_sharded(x, len(flat) - 1)
                         for x in leaves):
     flat = shape
+  if flat == shape and not fence_wide:
+    return tuple(fn(*leaves))
 
   def on_views(*xs):
     if flat != shape:
@@ -780,13 +783,73 @@ def sgd_gaf(
     raise ValueError(f"{where}: nesterov=True needs a momentum; got "
                      "momentum=None.")
   shaping = _shaping(where, fn, alpha, beta, shrink, gamma)
-  core = (_decay(where, weight_decay, weight_decay_mask)
-          + _momentum(momentum, nesterov))
+  decay_stage = _decay(where, weight_decay, weight_decay_mask)
+  trace_stage = _momentum(momentum, nesterov)
+  core = decay_stage + trace_stage
   if position == "gradient":
     parts = [shaping] + core
   else:
     parts = core + [shaping]
-  return optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
+  lr_stage = optax.scale_by_learning_rate(learning_rate)
+  chain = optax.chain(*parts, lr_stage)
+  if not trace_stage:
+    return chain  # No state to compute per leaf: XLA fuses the chain whole.
+  # With a momentum buffer, the chain's stages run per leaf in one function,
+  # on wide views on CPU (see _on_flat_views); the state is the chain's.
+  kinds = [("shaping" if t is shaping else "decay" if t in decay_stage
+            else "trace") for t in parts]
+  scalars = [v for v in (alpha, beta, shrink, gamma, weight_decay, momentum)
+             if v is not None]
+  flat_ok = all(_is_scalar(v) for v in scalars)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    *stage_states, lr_state = state
+    states = dict(zip(kinds, stage_states))
+    if decay_stage and params is None:
+      raise ValueError(f"{where}: weight_decay needs the params in update.")
+    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+              else [False] * len(jax.tree.leaves(updates)))
+    treedef = jax.tree.structure(updates)
+    g_leaves = [jnp.asarray(g) for g in jax.tree.leaves(updates)]
+    p_leaves = (jax.tree.leaves(params) if params is not None
+                else [None] * len(g_leaves))
+    bufs = jax.tree.leaves(states["trace"].trace)
+    # The plain SGD_atan buffer is the update itself: no second output.
+    buf_is_out = position == "gradient" and not nesterov
+
+    def leaf_fn(g, buf, *p):
+      x = {"x": g}
+      for kind in kinds:
+        if kind == "shaping":
+          x, _ = shaping.update(x, states["shaping"])
+        elif kind == "decay":
+          if p:  # optax.add_decayed_weights's arithmetic
+            x = {"x": x["x"] + weight_decay * p[0]}
+        else:
+          x, new_trace = trace_stage[0].update(
+              x, optax.TraceState(trace={"x": buf}))
+      new_buf = new_trace.trace["x"]
+      return (new_buf,) if buf_is_out else (new_buf, x["x"])
+
+    new_bufs, outs = [], []
+    for g, buf, p, dec in zip(g_leaves, bufs, p_leaves, decays, strict=True):
+      res = _on_flat_views(leaf_fn, [g, buf] + ([p] if dec else []),
+                           enabled=flat_ok, fence_wide=False)
+      new_bufs.append(res[0])
+      outs.append(res[0] if buf_is_out else res[1])
+    new_updates, lr_state = lr_stage.update(
+        jax.tree.unflatten(treedef, outs), lr_state)
+    new_states = []
+    for kind, st in zip(kinds, stage_states):
+      if kind == "trace":
+        new_states.append(optax.TraceState(
+            trace=jax.tree.unflatten(treedef, new_bufs)))
+      else:
+        new_states.append(_advance(st))
+    return new_updates, (*new_states, lr_state)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
 
 def _scale_by_adam_eps_first(b1, b2, eps, mu_dtype=None):

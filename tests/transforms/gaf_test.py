@@ -554,3 +554,47 @@ def test_adam_gaf_moments_run_on_wide_views_on_cpu():
       assert "bitcast(" not in text
     else:
       assert view in text, text[:2000]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(position="gradient"),
+    dict(nesterov=True, fn="tanh", weight_decay=1e-2),
+    dict(position="gradient", nesterov=True, fn="log"),
+    dict(fn="adaptive", shrink=2.0, gamma=1.0, weight_decay=1e-3,
+         weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    dict(alpha=optax.linear_schedule(0.3, 0.1, 20), momentum=0.0),
+], ids=["atanMom", "atan", "nesterov_tanh_decay", "gradient_nesterov_log",
+        "adaptive_masked_decay", "alpha_schedule_zero_momentum"])
+def test_sgd_gaf_equals_its_optax_chain(kwargs):
+  lr = optax.cosine_decay_schedule(0.1, 30)
+  kw = dict(kwargs)
+  position = kw.pop("position", "momentum")
+  momentum, nesterov = kw.pop("momentum", 0.9), kw.pop("nesterov", False)
+  wd, mask = kw.pop("weight_decay", None), kw.pop("weight_decay_mask", None)
+  fn = kw.pop("fn", "arctan")
+  shaping = (gaf_optax.adaptive_gaf(kw.pop("shrink"), kw.pop("gamma"))
+             if fn == "adaptive" else
+             gaf_optax.gaf(kw.pop("alpha", 0.3), 4.5, fn))
+  core = ([optax.add_decayed_weights(wd, mask)] if wd is not None else []) + [
+      optax.trace(momentum, nesterov)]
+  parts = [shaping] + core if position == "gradient" else core + [shaping]
+  chain = optax.chain(*parts, optax.scale_by_learning_rate(lr))
+  preset = gaf_optax.sgd_gaf(lr, **kwargs)
+  rng = np.random.default_rng(0)
+  shapes = {"torch": (16, 4, 3, 3), "flax": (3, 3, 4, 256), "b": (16,)}
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in shapes.items()}
+  states = [chain.init(params), preset.init(params)]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  steps = [jax.jit(chain.update), jax.jit(preset.update)]
+  for _ in range(12):
+    g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-4, 0),
+                        jnp.float32) for k, s in shapes.items()}
+    (u0, states[0]), (u1, states[1]) = (
+        step(g, s, params) for step, s in zip(steps, states))
+    for a, b in zip(jax.tree.leaves((u1, states[1])),
+                    jax.tree.leaves((u0, states[0])), strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
+    params = optax.apply_updates(params, u0)
