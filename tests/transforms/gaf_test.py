@@ -397,7 +397,12 @@ def test_fn_is_odd_monotone_bounded(fn, alpha, beta, xs):
   x = np.sort(np.asarray(xs, np.float32))
   y = _fn_values(fn, alpha, beta, x)
   np.testing.assert_array_equal(_fn_values(fn, alpha, beta, -x), -y)  # odd
-  assert np.all(np.diff(y) >= 0)  # monotone (non-decreasing in float32)
+  # Monotone (non-decreasing in float32). XLA's tanh, which fn="tanh" is,
+  # can differ by 1 ulp between its vector and scalar loops for the same
+  # input (tanh(8) gave 1.0 and 0.99999994 in one 17-element array), so
+  # there a step back of 1 ulp is allowed.
+  slack = np.spacing(np.abs(y[1:]).astype(np.float32)) if fn == "tanh" else 0
+  assert np.all(np.diff(y) >= -slack)
   bound = {"arctan": alpha * np.pi / 2, "tanh": alpha, "log": np.inf}[fn]
   assert np.all(np.abs(y) <= np.float32(bound) * (1 + 1e-6))
 
