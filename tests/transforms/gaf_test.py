@@ -486,6 +486,28 @@ def test_state_holds_no_more_than_the_optax_baseline():
 # adam_gaf's one-pass update equals the chain it documents.
 
 
+def _assert_preset_equals_chain(preset, chain, rtol):
+  """12 steps: the same state structure, updates and states to `rtol`."""
+  # PyTorch- and Flax-layout kernels: both code paths of the preset.
+  rng = np.random.default_rng(0)
+  shapes = {"torch": (16, 4, 3, 3), "flax": (3, 3, 4, 256), "b": (16,)}
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in shapes.items()}
+  states = [chain.init(params), preset.init(params)]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  steps = [jax.jit(chain.update), jax.jit(preset.update)]
+  for _ in range(12):
+    g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-4, 0),
+                        jnp.float32) for k, s in shapes.items()}
+    (u0, states[0]), (u1, states[1]) = (
+        step(g, s, params) for step, s in zip(steps, states))
+    for a, b in zip(jax.tree.leaves((u1, states[1])),
+                    jax.tree.leaves((u0, states[0])), strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
+    params = optax.apply_updates(params, u0)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(weight_decay=1e-2, weight_decay_mask=lambda p: jax.tree.map(
@@ -508,25 +530,8 @@ def test_adam_gaf_equals_its_optax_chain(kwargs):
       *([optax.add_decayed_weights(wd, mask)] if wd is not None else []),
       moments(b1=0.9, b2=0.999, eps=1e-8),
       optax.scale_by_learning_rate(lr))
-  preset = gaf_optax.adam_gaf(lr, **kwargs)
-  # PyTorch- and Flax-layout kernels: both code paths of the preset.
-  rng = np.random.default_rng(0)
-  shapes = {"torch": (16, 4, 3, 3), "flax": (3, 3, 4, 256), "b": (16,)}
-  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
-            for k, s in shapes.items()}
-  states = [chain.init(params), preset.init(params)]
-  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
-  steps = [jax.jit(chain.update), jax.jit(preset.update)]
-  for t in range(12):
-    g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-4, 0),
-                        jnp.float32) for k, s in shapes.items()}
-    (u0, states[0]), (u1, states[1]) = (
-        step(g, s, params) for step, s in zip(steps, states))
-    for a, b in zip(jax.tree.leaves((u1, states[1])),
-                    jax.tree.leaves((u0, states[0])), strict=True):
-      assert a.dtype == b.dtype
-      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-12)
-    params = optax.apply_updates(params, u0)
+  _assert_preset_equals_chain(gaf_optax.adam_gaf(lr, **kwargs), chain,
+                              rtol=2e-5)
 
 
 def test_adam_gaf_mu_dtype_stores_the_first_moment_rounded():
@@ -585,21 +590,5 @@ def test_sgd_gaf_equals_its_optax_chain(kwargs):
       optax.trace(momentum, nesterov)]
   parts = [shaping] + core if position == "gradient" else core + [shaping]
   chain = optax.chain(*parts, optax.scale_by_learning_rate(lr))
-  preset = gaf_optax.sgd_gaf(lr, **kwargs)
-  rng = np.random.default_rng(0)
-  shapes = {"torch": (16, 4, 3, 3), "flax": (3, 3, 4, 256), "b": (16,)}
-  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
-            for k, s in shapes.items()}
-  states = [chain.init(params), preset.init(params)]
-  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
-  steps = [jax.jit(chain.update), jax.jit(preset.update)]
-  for _ in range(12):
-    g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-4, 0),
-                        jnp.float32) for k, s in shapes.items()}
-    (u0, states[0]), (u1, states[1]) = (
-        step(g, s, params) for step, s in zip(steps, states))
-    for a, b in zip(jax.tree.leaves((u1, states[1])),
-                    jax.tree.leaves((u0, states[0])), strict=True):
-      assert a.dtype == b.dtype
-      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
-    params = optax.apply_updates(params, u0)
+  _assert_preset_equals_chain(gaf_optax.sgd_gaf(lr, **kwargs), chain,
+                              rtol=2e-6)
