@@ -428,6 +428,9 @@ def amplification_factors(state: Any) -> jax.Array:
     raise ValueError(
         "amplification_factors needs a state holding exactly one "
         f"AmplificationState; found {'none' if count == 0 else 'several'}.")
-  # A wrapper such as nnx's OptArray is a pytree around the one array.
+  # nnx wraps the array in a variable: a pytree around it (flax >= 0.11),
+  # or a leaf with a `value` (older flax).
   (factors,) = jax.tree.leaves(found)
+  if not isinstance(factors, jax.Array) and hasattr(factors, "value"):
+    factors = factors.value
   return factors
