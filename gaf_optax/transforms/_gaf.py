@@ -164,11 +164,12 @@ def _fusible_arctan(x: jax.Array) -> jax.Array:
   """`fast_arctan` with multiplies and adds only (no division).
 
   XLA:CPU has no multi-output fusion and will not recompute an op it deems
-  expensive (division, tanh, ...) in each consumer of a value. GAF in front
-  of Adam has two consumers (the two moments), so with a division its output
-  is written to memory and read back (measured on 2 CPU cores: 2.4x the time
-  of optax.adam); this variant is recomputed in each moment's loop instead
-  (1.28x). With a single consumer (the SGD family) the division is cheaper.
+  expensive (division, tanh, ...) in each consumer of a value. In
+  ``rmsprop_gaf`` GAF has two consumers, so with a division its output would
+  be written to memory and read back; this variant is recomputed in each
+  consumer instead. With a single consumer the division is cheaper, and
+  ``adam_gaf`` gives its two consumers two different expressions instead.
+  Figures: the README's performance section.
   """
   return _arctan_f32(x, newton=True)
 
@@ -435,9 +436,9 @@ def gaf(
   Place it where the paper does: before momentum for SGD_atan and
   Adam_atan, after momentum for SGD_atanMom (see :func:`sgd_gaf`). To shape
   only some layers, wrap it in :func:`optax.masked`. In front of Adam prefer
-  :func:`adam_gaf`: on CPU it is about 2x faster than
+  :func:`adam_gaf`: on CPU it is several times faster than
   ``optax.chain(gaf(), optax.adam(...))`` (its arctan stays fused into both
-  moments; see the README's performance section).
+  moments; figures in the README's performance section).
 
   ``alpha`` and ``beta`` are one value for every leaf: a number, or an array
   that broadcasts to every leaf's shape without changing it (e.g. shape
