@@ -8,6 +8,11 @@ name                   what
 ``digits``             scikit-learn's bundled 8x8 digits (no download):
                        1,348 train / 449 test, split fixed by a seeded
                        shuffle (``np.random.default_rng(0)``, last 25% test)
+``digits28``           the digits redrawn at 28x28 (rotated, scaled,
+                       shifted, noisy): 2,696 train / 898 test, generated
+                       from a fixed seed (:func:`digits28`)
+``shapes28``           ten kinds of generated 28x28 shapes, 2,000 train /
+                       2,000 test, fixed seed (:func:`shapes28`)
 ``cifar10``            TFDS ``cifar10`` (32x32x3, 10 classes)
 ``cifar100``           TFDS ``cifar100`` (32x32x3, 100 fine labels)
 ``imagenet2012``       TFDS ``imagenet2012``, read lazily and cropped on the
@@ -29,7 +34,7 @@ read in the calling thread or, with ``num_workers=N``, in Grain worker
 processes that decode ahead of the training step (same batches either
 way); :func:`preprocess` augments and normalises a batch on the device.
 
-Dependencies: ``digits`` needs scikit-learn; image folders need Pillow; TFDS
+Dependencies: ``digits`` and ``digits28`` need scikit-learn; image folders need Pillow; TFDS
 sets need ``tensorflow-datasets`` and ``array_record`` (read through
 ``tfds.data_source``, no TensorFlow). All are in the ``training`` extra.
 The sources are plain random-access sequences, so Grain can also read them
@@ -76,6 +81,8 @@ from gaf_optax.data._sources import default_cache_dir
 from gaf_optax.data._sources import digits
 from gaf_optax.data._host import RecordSource
 from gaf_optax.data._host import folder
+from gaf_optax.data._synthetic import digits28
+from gaf_optax.data._synthetic import shapes28
 from gaf_optax.data._subset import balanced_subset
 from gaf_optax.data._subset import in_memory
 from gaf_optax.data._subset import subset
@@ -87,6 +94,8 @@ from gaf_optax.data._tfds import load as load_tfds
 # Each loader takes the keyword arguments data_dir and download.
 _NAMED: dict[str, Callable[..., Dataset]] = {
     "digits": lambda data_dir, download: digits(),
+    "digits28": lambda data_dir, download: digits28(),
+    "shapes28": lambda data_dir, download: shapes28(),
     "cifar10": functools.partial(load_tfds, "cifar10"),
     "cifar100": functools.partial(load_tfds, "cifar100"),
     "imagenet2012": functools.partial(load_tfds, "imagenet2012"),
@@ -161,6 +170,7 @@ __all__ = [
     "center_crop",
     "default_cache_dir",
     "digits",
+    "digits28",
     "epoch_order",
     "folder",
     "get",
@@ -169,6 +179,7 @@ __all__ = [
     "load_tfds",
     "preprocess",
     "random_resized_crop",
+    "shapes28",
     "steps_per_epoch",
     "subset",
 ]
