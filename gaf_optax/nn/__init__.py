@@ -10,6 +10,7 @@ from gaf_optax.nn._anact import NReLU
 from gaf_optax.nn._anact import NSwish
 from gaf_optax.nn._anact import NTanh
 from gaf_optax.nn._anact import anact_lambda
+from gaf_optax.nn._anact import gaussian_lambda
 from gaf_optax.nn._gaaf import gaaf
 from gaf_optax.nn._gaaf import gaaf_relu
 from gaf_optax.nn._gaaf import gaaf_sigmoid
@@ -27,6 +28,7 @@ __all__ = [
     "NTanh",
     "amplify",
     "anact_lambda",
+    "gaussian_lambda",
     "gaaf",
     "gaaf_relu",
     "gaaf_sigmoid",

@@ -17,9 +17,15 @@ everything below is OUR RECONSTRUCTION, not the paper's formula:
 - ``lambda = (rho * rho')**(-1/4)`` for ``mode="geometric"`` (one scalar
   cannot set both gains to 1), ``rho**(-1/2)`` for ``"forward"``,
   ``rho'**(-1/2)`` for ``"backward"``;
-- training uses the batch's ``stop_gradient(lambda)`` and updates an
-  exponential moving average in the ``batch_stats`` collection; evaluation
-  uses the running value (as ``flax.linen.BatchNorm`` does);
+- how lambda is kept, :class:`ANAct`'s ``rule``: ``"running"`` (default)
+  starts at the activation's lambda for ``N(0, 1)`` pre-activations and
+  moves toward each training batch's lambda in log space by at most
+  ``max_step`` per step, within a factor ``max_ratio`` of that start;
+  training and evaluation use the same running value. ``"batch"`` (the
+  rule of earlier versions) trains with the batch's ``stop_gradient(lambda)``
+  and evaluates with its moving average (as ``flax.linen.BatchNorm`` does);
+  it can kill a network that the plain activation trains (issue "ANAct must
+  not kill a network", ``experiments/studies/anact_robustness.py``);
 - ``eps`` in both gains keeps an all-zero or constant batch finite.
 
 For ``y ~ N(0, 1)`` the geometric lambdas are: ReLU 1.414, Swish 1.650,
@@ -33,8 +39,10 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["ANAct", "NGELU", "NReLU", "NSwish", "NTanh", "anact_lambda"]
+__all__ = ["ANAct", "NGELU", "NReLU", "NSwish", "NTanh", "anact_lambda",
+           "gaussian_lambda"]
 
 _MODES = ("geometric", "forward", "backward")
 
@@ -77,19 +85,81 @@ def anact_lambda(activation: Callable[[jax.Array], jax.Array], y: jax.Array,
   return lam, rho, rho_prime
 
 
+_RULES = ("running", "batch")
+
+
+def gaussian_lambda(activation: Callable[[jax.Array], jax.Array], *,
+                    mode: str = "geometric", epsilon: float = 1e-5
+                    ) -> jax.Array:
+  """ANAct's lambda for standard normal pre-activations, ``y ~ N(0, 1)``.
+
+  The expectations ``E[f(y)**2]`` and ``E[f'(y)**2]`` by 96-point
+  Gauss-Hermite quadrature (exact for polynomials of degree < 192; within
+  1e-5 of ``sqrt(2)`` for ReLU, whose kink it does not resolve exactly, and
+  of 4-million-sample Monte Carlo estimates for Swish, GELU, tanh and
+  sigmoid, tested). The ``running`` rule of :class:`ANAct` starts from it and
+  bounds its lambda around it.
+
+  Args:
+    activation: the elementwise activation ``f``.
+    mode: as :func:`anact_lambda`.
+    epsilon: as :func:`anact_lambda`.
+
+  Returns:
+    float32 scalar.
+
+  Example:
+    >>> import jax
+    >>> from gaf_optax.nn import gaussian_lambda
+    >>> round(float(gaussian_lambda(jax.nn.relu)), 4)  # 2 ** 0.5
+    1.4142
+  """
+  if mode not in _MODES:
+    raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
+  nodes, weights = np.polynomial.hermite_e.hermegauss(96)
+  y = jnp.asarray(nodes, jnp.float32)
+  w = jnp.asarray(weights / weights.sum(), jnp.float32)
+  f, df = jax.jvp(activation, (y,), (jnp.ones_like(y),))
+  rho = (jnp.sum(w * f * f) + epsilon) / (1.0 + epsilon)
+  rho_prime = jnp.sum(w * df * df) + epsilon
+  if mode == "geometric":
+    return (rho * rho_prime) ** -0.25
+  if mode == "forward":
+    return rho ** -0.5
+  return rho_prime ** -0.5
+
+
 class ANAct(nn.Module):
   """An activation scaled by a factor kept from mini-batch statistics.
 
   Called like ``nn.BatchNorm``: ``ANAct()(x, use_running_average=not train)``.
-  Training (``use_running_average=False``) uses the batch's lambda, without
-  a gradient through it, and updates ``batch_stats/lambda``; evaluation uses
-  the running value. Keeps one scalar (``per_channel=False``) or one value per
-  channel (the last axis). The diagnostics ``rho``, ``rho_prime`` and
-  ``lambda`` of the batch are sown into the ``intermediates`` collection
-  (``model.apply(..., mutable=['intermediates', 'batch_stats'])``).
+  Keeps one lambda (``per_channel=False``) or one per channel (the last
+  axis) in ``batch_stats/lambda``, and returns ``lambda * activation(x)``
+  with no gradient through lambda. The batch's ``rho``, ``rho_prime`` and
+  lambda (:func:`anact_lambda`) are sown into the ``intermediates``
+  collection (``model.apply(..., mutable=['intermediates', 'batch_stats'])``).
 
-  See the module docstring: rho, rho' and the lambda rule are our
-  reconstruction, not the paper's published formulas.
+  Two rules set lambda; both are our design (the module docstring says
+  what is the paper's):
+
+  * ``rule="running"`` (default): lambda starts at the activation's value
+    for ``N(0, 1)`` pre-activations, ``lambda_0`` (:func:`gaussian_lambda`).
+    Each training step moves it toward the batch's lambda in log space,
+    ``log lambda += clip((1 - momentum) * log(lambda_batch / lambda),
+    -max_step, max_step)``, and clips it to ``[lambda_0 / max_ratio,
+    lambda_0 * max_ratio]``. Training and evaluation both use this running
+    value (training the one just updated), so lambda changes by at most a
+    factor ``exp(max_step)`` per step and stays within ``max_ratio`` of
+    ``lambda_0``, whatever a batch says. This breaks the feedback that
+    killed networks under the ``batch`` rule: as units die, ``rho`` and
+    ``rho'`` fall, lambda rises, the next layers' inputs and every earlier
+    layer's gradients grow, more units die, and a layer whose units are all
+    dead gets a lambda of ``epsilon ** -0.5`` (see
+    ``experiments/studies/anact_robustness.py``).
+  * ``rule="batch"``: the earlier reconstruction, kept to compare with:
+    training uses the batch's lambda, evaluation an exponential moving
+    average of it that starts at 1. Unbounded; it can collapse a network
+    that the plain activation trains.
 
   Attributes:
     activation: the elementwise activation (default Swish).
@@ -97,6 +167,11 @@ class ANAct(nn.Module):
     momentum: running-average decay, in (0, 1).
     per_channel: one lambda per channel of the last axis.
     epsilon: stabilizer in the gains.
+    rule: ``"running"`` (default) or ``"batch"`` (see above).
+    max_ratio: ``running`` rule: the bound on ``lambda / lambda_0`` and
+      ``lambda_0 / lambda``, > 1.
+    max_step: ``running`` rule: the largest change of ``log lambda`` in one
+      step, > 0.
     use_running_average: default for the call argument.
 
   Example:
@@ -104,11 +179,14 @@ class ANAct(nn.Module):
     >>> from gaf_optax.nn import NReLU
     >>> act = NReLU()
     >>> x = jax.random.normal(jax.random.key(0), (4096, 8))
-    >>> variables = act.init(jax.random.key(1), x, use_running_average=False)
-    >>> y, updates = act.apply(variables, x, use_running_average=False,
+    >>> variables = act.init(jax.random.key(1), x, use_running_average=True)
+    >>> round(float(variables['batch_stats']['lambda']), 3)  # lambda_0
+    1.414
+    >>> y, updates = act.apply(variables, x - 1.0, use_running_average=False,
     ...                        mutable=['batch_stats'])
-    >>> round(float(updates['batch_stats']['lambda']), 3)  # 0.99*1 + 0.01*1.41
-    1.004
+    >>> # Toward this batch's lambda, 3.0, by at most max_step in log:
+    >>> round(float(updates['batch_stats']['lambda']), 4)  # 1.4142 * e**0.001
+    1.4156
   """
 
   activation: Callable[[jax.Array], jax.Array] = nn.swish
@@ -116,6 +194,9 @@ class ANAct(nn.Module):
   momentum: float = 0.99
   per_channel: bool = False
   epsilon: float = 1e-5
+  rule: str = "running"
+  max_ratio: float = 1.5
+  max_step: float = 0.001
   use_running_average: bool | None = None
 
   @nn.compact
@@ -125,29 +206,50 @@ class ANAct(nn.Module):
       raise ValueError(f"activation must be callable; got {self.activation!r}.")
     if self.mode not in _MODES:
       raise ValueError(f"mode must be one of {_MODES}; got {self.mode!r}.")
+    if self.rule not in _RULES:
+      raise ValueError(f"rule must be one of {_RULES}; got {self.rule!r}.")
     if not 0.0 < self.momentum < 1.0:
       raise ValueError(f"momentum must be in (0, 1); got {self.momentum!r}.")
     if not self.epsilon > 0:
       raise ValueError(f"epsilon must be positive; got {self.epsilon!r}.")
+    if not self.max_ratio > 1.0:
+      raise ValueError(
+          f"max_ratio must be greater than 1; got {self.max_ratio!r}.")
+    if not self.max_step > 0.0:
+      raise ValueError(f"max_step must be positive; got {self.max_step!r}.")
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
 
     shape = (x.shape[-1],) if self.per_channel else ()
-    running = self.variable("batch_stats", "lambda",
-                            lambda: jnp.ones(shape, jnp.float32))
+    running = self.rule == "running"
+    if running:
+      lam0 = gaussian_lambda(self.activation, mode=self.mode,
+                             epsilon=self.epsilon)
+      low, high = lam0 / self.max_ratio, lam0 * self.max_ratio
+    stored = self.variable(
+        "batch_stats", "lambda",
+        lambda: jnp.full(shape, lam0 if running else 1.0, jnp.float32))
     if use_running_average:
-      lam = running.value
+      lam = stored.value
     else:
       axes = tuple(range(x.ndim - 1)) if self.per_channel else None
-      lam, rho, rho_prime = anact_lambda(self.activation, x, mode=self.mode,
-                                         axes=axes, epsilon=self.epsilon)
-      lam = jax.lax.stop_gradient(lam)
+      lam_batch, rho, rho_prime = anact_lambda(
+          self.activation, x, mode=self.mode, axes=axes, epsilon=self.epsilon)
+      lam_batch = jax.lax.stop_gradient(lam_batch)
       self.sow("intermediates", "rho", rho)
       self.sow("intermediates", "rho_prime", rho_prime)
-      self.sow("intermediates", "lambda", lam)
+      self.sow("intermediates", "lambda", lam_batch)
+      if running:
+        old = stored.value
+        move = jnp.clip((1.0 - self.momentum) * jnp.log(lam_batch / old),
+                        -self.max_step, self.max_step)
+        lam = jnp.clip(old * jnp.exp(move), low, high)
+      else:
+        lam = lam_batch
       if not self.is_initializing():
-        running.value = (self.momentum * running.value
-                         + (1.0 - self.momentum) * lam)
+        stored.value = (lam if running else
+                        self.momentum * stored.value
+                        + (1.0 - self.momentum) * lam_batch)
     return self.activation(x) * lam.astype(x.dtype)
 
 

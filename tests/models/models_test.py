@@ -304,11 +304,12 @@ def test_stateful_activation_nswish_in_a_resnet():
              if k.startswith("NSwish")}
   assert sorted(lambdas) == ["NSwish_0", "NSwish_1"]
   assert "NSwish_0" in stats  # the stem's
-  np.testing.assert_array_equal(lambdas["NSwish_0"]["lambda"], 1.0)
+  lam0 = gnn.gaussian_lambda(nn.swish)
+  np.testing.assert_allclose(lambdas["NSwish_0"]["lambda"], lam0, rtol=1e-6)
 
   _, updates = _apply(model, variables, x, train=True)
   new = updates["batch_stats"]["stage1_block1"]
-  assert not np.allclose(new["NSwish_0"]["lambda"], 1.0)
+  assert not np.allclose(new["NSwish_0"]["lambda"], lam0, rtol=1e-6)
   assert not np.allclose(new["bn1"]["mean"], 0.0)
   _, same = _apply(model, variables, x, train=False)
   jax.tree.map(np.testing.assert_array_equal, same["batch_stats"], stats)

@@ -1,4 +1,4 @@
-"""ANAct: closed-form lambdas, train/eval, running average, per channel."""
+"""ANAct: closed-form lambdas, both rules' train/eval, per channel, bounds."""
 
 import flax.linen as nn
 import jax
@@ -40,9 +40,21 @@ def _apply(module, variables, x, train):
                       mutable=["batch_stats", "intermediates"])
 
 
-def test_train_uses_batch_lambda_and_updates_running_average():
+@pytest.mark.parametrize("name", sorted(CLOSED_FORM))
+def test_gaussian_lambda_by_quadrature(name):
+  fn, _ = CLOSED_FORM[name]
+  for mode in ("geometric", "forward", "backward"):
+    expected, _, _ = gnn.anact_lambda(fn, Y, mode=mode)  # Monte Carlo
+    np.testing.assert_allclose(gnn.gaussian_lambda(fn, mode=mode), expected,
+                               rtol=3e-3)
+  np.testing.assert_allclose(gnn.gaussian_lambda(nn.relu), 2**0.5, rtol=1e-5)
+  with pytest.raises(ValueError, match="mode must be one of"):
+    gnn.gaussian_lambda(fn, mode="both")
+
+
+def test_batch_rule_uses_batch_lambda_and_updates_running_average():
   x = 3.0 * jax.random.normal(jax.random.key(1), (512, 4))
-  module = gnn.NSwish(momentum=0.9)
+  module = gnn.NSwish(momentum=0.9, rule="batch")
   variables = module.init(jax.random.key(0), x, use_running_average=False)
   np.testing.assert_array_equal(variables["batch_stats"]["lambda"], 1.0)
   lam, _, _ = gnn.anact_lambda(nn.swish, x)
@@ -60,9 +72,75 @@ def test_train_uses_batch_lambda_and_updates_running_average():
                                 upd["batch_stats"]["lambda"])
 
 
+def test_running_rule_starts_at_gaussian_lambda_and_moves_slowly():
+  x = jax.random.normal(jax.random.key(1), (512, 4)) - 0.5
+  module = gnn.NReLU(momentum=0.9, max_step=0.1)
+  variables = module.init(jax.random.key(0), x, use_running_average=False)
+  lam0 = gnn.gaussian_lambda(nn.relu)
+  np.testing.assert_allclose(variables["batch_stats"]["lambda"], lam0,
+                             rtol=1e-6)
+  lam_batch, _, _ = gnn.anact_lambda(nn.relu, x)
+  # 0.1 * log(lam_batch / lam0) is inside max_step: a plain log-space EMA.
+  assert 0.001 < 0.1 * np.log(lam_batch / lam0) < 0.1
+  expected = lam0 * (lam_batch / lam0) ** 0.1
+  y, upd = _apply(module, variables, x, train=True)
+  np.testing.assert_allclose(upd["batch_stats"]["lambda"], expected,
+                             rtol=1e-6)
+  # Training uses the value it has just stored, evaluation the stored one.
+  np.testing.assert_allclose(y, nn.relu(x) * expected, rtol=1e-6)
+  np.testing.assert_allclose(upd["intermediates"]["lambda"][0], lam_batch,
+                             rtol=1e-6)
+  variables = {"batch_stats": upd["batch_stats"]}
+  y_eval, upd2 = _apply(module, variables, x, train=False)
+  np.testing.assert_allclose(y_eval, y, rtol=1e-6)
+  np.testing.assert_array_equal(upd2["batch_stats"]["lambda"],
+                                upd["batch_stats"]["lambda"])
+
+
+@pytest.mark.parametrize("shift, direction", [(-4.0, 1.0), (4.0, -1.0)])
+def test_running_rule_is_rate_limited_and_bounded(shift, direction):
+  # A batch whose units are almost all dead (shift -4: lambda_batch ~ 100)
+  # or all linear (shift +4): each step moves log(lambda) by max_step
+  # exactly, until lambda sits on its bound lambda0 * max_ratio**direction.
+  x = jax.random.normal(jax.random.key(5), (1024, 2)) + shift
+  module = gnn.NReLU(momentum=0.5, max_step=0.05, max_ratio=1.3)
+  variables = module.init(jax.random.key(0), x, use_running_average=False)
+  lam0 = float(gnn.gaussian_lambda(nn.relu))
+  lam_batch, _, _ = gnn.anact_lambda(nn.relu, x)
+  assert direction * 0.5 * np.log(lam_batch / (lam0 * 1.3)) > 0.05
+  step = jax.jit(lambda v: _apply(module, v, x, train=True)[1])
+  seen = [lam0]
+  for _ in range(8):
+    variables = {"batch_stats": step(variables)["batch_stats"]}
+    seen.append(float(variables["batch_stats"]["lambda"]))
+  np.testing.assert_allclose(np.diff(np.log(seen))[:5], direction * 0.05,
+                             rtol=1e-4)
+  np.testing.assert_allclose(seen[-1], lam0 * 1.3**direction, rtol=1e-6)
+  assert all(lam0 / 1.3 * (1 - 1e-6) <= v <= lam0 * 1.3 * (1 + 1e-6)
+             for v in seen)
+
+
+def test_running_rule_on_a_dead_layer_stays_finite_and_bounded():
+  # The batch rule's failure: with every unit dead, rho and rho' are
+  # epsilon-sized and the forward pass at once uses a lambda of hundreds.
+  x = -1.0 - jnp.abs(jax.random.normal(jax.random.key(6), (256, 8)))
+  lam_batch, _, _ = gnn.anact_lambda(nn.relu, x)
+  assert lam_batch > 100
+  for rule in ("batch", "running"):
+    module = gnn.NReLU(rule=rule)
+    variables = module.init(jax.random.key(0), x, use_running_average=False)
+    y, upd = _apply(module, variables, x, train=True)
+    np.testing.assert_array_equal(y, 0.0)
+    used = (upd["intermediates"]["lambda"][0] if rule == "batch"
+            else upd["batch_stats"]["lambda"])
+    expected = (lam_batch if rule == "batch"
+                else gnn.gaussian_lambda(nn.relu) * np.exp(0.001))
+    np.testing.assert_allclose(used, expected, rtol=1e-5)
+
+
 def test_no_gradient_through_lambda():
   x = jax.random.normal(jax.random.key(2), (256,))
-  module = gnn.NTanh()
+  module = gnn.NTanh(rule="batch")
   variables = module.init(jax.random.key(0), x, use_running_average=False)
   lam, _, _ = gnn.anact_lambda(jnp.tanh, x)
   grad = jax.grad(lambda v: _apply(module, variables, v, True)[0].sum())(x)
@@ -71,14 +149,20 @@ def test_no_gradient_through_lambda():
 
 def test_per_channel_shape_and_values():
   x = jax.random.normal(jax.random.key(3), (64, 5, 5, 3)) * jnp.array([0.5, 1, 4])
-  module = gnn.NReLU(per_channel=True, momentum=0.5)
-  variables = module.init(jax.random.key(0), x, use_running_average=False)
-  assert variables["batch_stats"]["lambda"].shape == (3,)
-  _, upd = _apply(module, variables, x, train=True)
-  for c in range(3):
-    lam_c, _, _ = gnn.anact_lambda(nn.relu, x[..., c])
-    np.testing.assert_allclose(upd["batch_stats"]["lambda"][c],
-                               0.5 + 0.5 * lam_c, rtol=1e-5)
+  x = x - jnp.array([0.0, 0.2, 0.4])  # different lambdas per channel
+  for rule in ("batch", "running"):
+    module = gnn.NReLU(per_channel=True, momentum=0.5, rule=rule,
+                       max_step=1.0)
+    variables = module.init(jax.random.key(0), x, use_running_average=False)
+    assert variables["batch_stats"]["lambda"].shape == (3,)
+    _, upd = _apply(module, variables, x, train=True)
+    lam0 = gnn.gaussian_lambda(nn.relu)
+    for c in range(3):
+      lam_c, _, _ = gnn.anact_lambda(nn.relu, x[..., c])
+      expected = (0.5 + 0.5 * lam_c if rule == "batch"
+                  else np.sqrt(lam0 * lam_c))
+      np.testing.assert_allclose(upd["batch_stats"]["lambda"][c], expected,
+                                 rtol=1e-5)
 
 
 @pytest.mark.parametrize("value", [0.0, 2.0])
@@ -94,7 +178,7 @@ def test_constant_batch_is_finite(value):
 
 def test_jit_and_bf16():
   x = jax.random.normal(jax.random.key(4), (128, 8)).astype(jnp.bfloat16)
-  module = gnn.NGELU()
+  module = gnn.NGELU(rule="batch")
   variables = module.init(jax.random.key(0), x, use_running_average=False)
   y, upd = jax.jit(lambda v, x: _apply(module, v, x, True))(variables, x)
   assert y.dtype == jnp.bfloat16
@@ -111,6 +195,9 @@ def test_jit_and_bf16():
     (dict(momentum=0.0), r"momentum must be in \(0, 1\)"),
     (dict(activation=3), "activation must be callable"),
     (dict(epsilon=0.0), "epsilon must be positive"),
+    (dict(rule="ema"), "rule must be one of"),
+    (dict(max_ratio=1.0), "max_ratio must be greater than 1"),
+    (dict(max_step=0.0), "max_step must be positive"),
 ])
 def test_bad_input(kwargs, match):
   with pytest.raises(ValueError, match=match):

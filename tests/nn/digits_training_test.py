@@ -50,3 +50,35 @@ def test_anact_swish_trains_a_deep_net_that_plain_swish_cannot():
   assert np.all(anact["test_acc"] >= 0.8), anact
   assert np.all(anact["test_acc"] >= plain["test_acc"] + 0.5), (plain, anact)
   assert np.all(anact["train_loss"] < 0.5 * plain["train_loss"]), (plain, anact)
+
+
+def _fit_quickstart_mlp(act, dataset, epochs, seeds=(0, 1, 2)):
+  """The quickstart's MLP and optimizer (4 x 64, SGD momentum 0.9, lr 0.02,
+  weight decay 1e-4, batch 64) on a 28x28 set, every seed in one program."""
+  ds = data.get(dataset)
+  tx = optax.chain(optax.add_decayed_weights(1e-4),
+                   optax.sgd(0.02, momentum=0.9))
+  trainer = training.Trainer(
+      models.MLP(features=(64,) * 4, act=act), tx, ds, batch_size=64,
+      num_epochs=epochs, mesh=training.make_mesh(1),
+      compiler_options={"xla_backend_optimization_level": 0})
+  h = trainer.fit_seeds(seeds)
+  return {"train_loss": h["train_loss"][:, -1],
+          "test_acc": h["test_accuracy"][:, -1]}
+
+
+def test_batch_rule_kills_the_quickstart_mlp_and_the_running_rule_does_not():
+  # The failure of issue "ANAct must not kill a network": on 28x28 grey
+  # images, ANAct's earlier rule (training with the batch's unbounded
+  # lambda) sends the network to chance or to NaN where ReLU trains
+  # (experiments/studies/anact_robustness.py, part A, shows how); the
+  # running rule, bounded and rate-limited, trains it.
+  relu = _fit_quickstart_mlp(jax.nn.relu, "digits28", epochs=3)
+  old = _fit_quickstart_mlp(functools.partial(gnn.NReLU, rule="batch"),
+                            "digits28", epochs=3)
+  new = _fit_quickstart_mlp(gnn.NReLU, "digits28", epochs=3)
+  assert np.all(relu["test_acc"] > 0.5), relu
+  collapsed = (old["test_acc"] < 0.2) | ~np.isfinite(old["train_loss"])
+  assert np.all(collapsed), old
+  assert np.all(np.isfinite(new["train_loss"])), new
+  assert np.all(new["test_acc"] > 0.5), new
