@@ -170,7 +170,8 @@ def plot(results, path) -> None:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="digits",
-                 help="digits (default, embedded), cifar10, folder:PATH, ...")
+                 help="digits (default, embedded), digits28, shapes28 (generated), "
+                 "cifar10, folder:PATH, ...")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--model", default="mlp")
   p.add_argument("--epochs", type=int, default=8)

@@ -1,0 +1,445 @@
+"""Study 7: why ANAct's batch rule killed networks, and the running rule.
+
+    python -m experiments.studies.anact_robustness --data DATASET [--smoke]
+        [--seeds N] [--out DIR] [--skip-grid] [--skip-mechanism]
+        [--datasets digits,cifar] [--reuse DIR1,DIR2]
+
+``--datasets`` runs part B on some of its datasets; ``--reuse`` takes the
+part-B results other runs wrote (``DIR/grid_partial.json``) instead of
+computing those datasets again, so part B can be split over processes.
+
+Part A, the mechanism: the quickstart's ANAct model and optimizer (a
+4 x 64 NReLU MLP, SGD momentum 0.9, lr 0.02, weight decay 1e-4, batch 64;
+no augmentation) on ``digits28``
+(:func:`gaf_optax.data.digits28`, 28x28 grey), once with the earlier rule
+(``NReLU(rule="batch")``) and once with the running rule (the default,
+``NReLU()``), same seed and batches, through :class:`gaf_optax.training.Trainer`.
+Recorded at every one of the first steps and per hidden layer: the lambda
+the forward pass used, the batch's ``rho`` and ``rho'``, the pre-activations'
+standard deviation and mean, the share of dead units (no positive
+pre-activation in the batch) and the kernel gradient's norm (the trainer's
+telemetry). Plot ``mechanism.png``.
+
+Part B, robustness (:meth:`Trainer.fit_seeds`, every seed in one program):
+MLPs of width 64 and depth {4, 10, 20} with ReLU, the batch rule and the
+running rule, on {digits, digits28, shapes28, a CIFAR-10 subset (``--data``,
+4,000 train / 2,000 test images, flattened)}, under SGD (momentum 0.9) at
+learning rates {0.003, 0.01, 0.03} and Adam at {3e-4, 1e-3, 3e-3}; batch
+64, no weight decay, no augmentation. ``shapes28`` was not looked at while
+the running rule was designed (digits28 and study 4's digits were). A run
+has collapsed when its final test accuracy is below 20% (chance is 10%) or
+its last epoch had no finite step. Reported: the share of collapsed runs
+per arm, the collapsed runs of each ANAct rule in settings where ReLU
+trains (at least 2 of its seeds not collapsed), and every setting's mean
+final test accuracy.
+
+Writes ``results.md``, ``results.json`` and ``mechanism.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import common
+from gaf_optax import data
+from gaf_optax import models
+from gaf_optax import nn as gnn
+from gaf_optax import training
+
+MODULE = "experiments.studies.anact_robustness"
+DEFAULT_OUT = common.results_dir("anact_robustness")
+ARMS = {"relu": nn.relu,
+        "batch_rule": functools.partial(gnn.NReLU, rule="batch"),
+        "running_rule": gnn.NReLU}
+RULES = {"batch_rule": "batch", "running_rule": "running"}
+CHANCE_LIMIT = 0.2  # final test accuracy below this: collapsed (10 classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mechanism:
+  """Part A's run: the quickstart's ANAct arm, first ``steps`` steps."""
+  dataset: str = "digits28"
+  depth: int = 4
+  width: int = 64
+  lr: float = 0.02
+  weight_decay: float = 1e-4
+  batch_size: int = 64
+  steps: int = 150
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Part B's settings."""
+  datasets: tuple[str, ...] = ("digits28", "shapes28", "cifar", "digits")
+  depths: tuple[int, ...] = (4, 10, 20)
+  sgd_lrs: tuple[float, ...] = (0.003, 0.01, 0.03)
+  adam_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+  width: int = 64
+  batch_size: int = 64
+  steps: int = 400  # per run; epochs = ceil(steps / steps per epoch)
+  cifar_train: int = 4000
+  cifar_test: int = 2000
+
+  def optimizers(self):
+    return ([("sgd", lr) for lr in self.sgd_lrs]
+            + [("adam", lr) for lr in self.adam_lrs])
+
+
+MECHANISM, SMOKE_MECHANISM = Mechanism(), Mechanism(steps=12)
+GRID = Grid()
+SMOKE_GRID = Grid(datasets=("digits", "cifar"), depths=(4,),
+                  sgd_lrs=(0.01,), adam_lrs=(1e-3,), width=16, steps=40,
+                  cifar_train=400, cifar_test=200)
+
+
+def _tx(name: str, lr: float) -> optax.GradientTransformation:
+  return optax.sgd(lr, momentum=0.9) if name == "sgd" else optax.adam(lr)
+
+
+# --------------------------------------------------------------------------
+# Part A
+
+
+def run_mechanism(setting: Mechanism, rule: str,
+                  fast_compile: bool = False) -> dict:
+  """Per-step, per-hidden-layer diagnostics of one ANAct run.
+
+  Returns:
+    ``{key: float array [steps, layers]}`` for ``lambda`` (the value the
+    forward pass used), ``rho``, ``rho_prime``, ``pre_std``, ``pre_mean``,
+    ``dead`` and ``grad_norm``; ``loss`` ``[steps]``.
+  """
+  ds = data.get(setting.dataset)
+  model = models.MLP(features=(setting.width,) * setting.depth,
+                     act=functools.partial(gnn.NReLU, rule=rule))
+  tx = optax.chain(optax.add_decayed_weights(setting.weight_decay),
+                   optax.sgd(setting.lr, momentum=0.9))
+  epochs = -(-setting.steps // data.steps_per_epoch(ds, setting.batch_size))
+  trainer = training.Trainer(
+      model, tx, ds, batch_size=setting.batch_size, num_epochs=epochs,
+      seed=setting.seed, mesh=training.make_mesh(1),
+      telemetry=training.Telemetry(), skip_nonfinite_steps=10**9,
+      compiler_options=common.fast_compile_options(fast_compile))
+
+  @jax.jit
+  def diagnose(state, images):
+    # The step's own forward pass, repeated to read what it used.
+    x = trainer.preprocess(images, jax.random.key(0), train=True)
+    _, out = model.apply(
+        {"params": state.params, **state.model_state}, x, train=True,
+        mutable=["intermediates", *state.model_state],
+        capture_intermediates=lambda m, _: isinstance(m, nn.Dense))
+    inter = out["intermediates"]
+    fcs = sorted((n for n in inter if re.fullmatch(r"fc\d+", n)),
+                 key=lambda n: int(n[2:]))
+    acts = sorted((n for n in inter if "rho" in inter[n]),
+                  key=lambda n: [int(t) for t in re.findall(r"\d+", n)])
+    ys = [inter[n]["__call__"][0] for n in fcs]
+    batch_lam = jnp.stack([inter[n]["lambda"][0] for n in acts])
+    running = jnp.stack([out["batch_stats"][n]["lambda"] for n in acts])
+    return {
+        "lambda": batch_lam if rule == "batch" else running,
+        "rho": jnp.stack([inter[n]["rho"][0] for n in acts]),
+        "rho_prime": jnp.stack([inter[n]["rho_prime"][0] for n in acts]),
+        "pre_std": jnp.stack([jnp.std(y) for y in ys]),
+        "pre_mean": jnp.stack([jnp.mean(y) for y in ys]),
+        "dead": jnp.stack([jnp.mean(jnp.max(y, 0) <= 0) for y in ys])}
+
+  records = []
+  for batch in itertools.islice(
+      (b for e in range(epochs) for b in trainer.train_batches(e)),
+      setting.steps):
+    record = diagnose(trainer.state, batch["image"])
+    metrics = trainer.train_step(batch)
+    record["grad_norm"] = metrics["layer_grad_norm"][:-1]  # hidden layers
+    record["loss"] = metrics["loss"]
+    records.append(jax.device_get(record))
+  return {k: np.stack([r[k] for r in records]).astype(np.float64)
+          for k in records[0]}
+
+
+def plot_mechanism(results: dict, setting: Mechanism, path: str) -> None:
+  plt = common.pyplot()
+  keys = (("loss", "train loss", "log"),
+          ("lambda", "lambda used by the forward pass", "log"),
+          ("rho", "rho (batch)", "log"),
+          ("rho_prime", "rho' (batch)", "log"),
+          ("pre_std", "pre-activation std", "log"),
+          ("pre_mean", "pre-activation mean", "linear"),
+          ("dead", "share of dead units", "linear"),
+          ("grad_norm", "kernel gradient norm", "log"))
+  fig, axes = plt.subplots(len(results), len(keys),
+                           figsize=(3.1 * len(keys), 3.0 * len(results)),
+                           squeeze=False)
+  for row, (rule, res) in enumerate(results.items()):
+    steps = np.arange(1, len(res["loss"]) + 1)
+    for col, (key, title, scale) in enumerate(keys):
+      ax = axes[row, col]
+      values = res[key]
+      if values.ndim == 1:
+        ax.plot(steps, values, color="k", lw=1)
+      else:
+        for layer in range(values.shape[1]):
+          ax.plot(steps, values[:, layer], lw=1, label=f"layer {layer + 1}")
+      ax.set_yscale(scale)
+      ax.set_title(f"{rule} rule: {title}", fontsize=8)
+      ax.set_xlabel("step", fontsize=8)
+      ax.tick_params(labelsize=7)
+    axes[row, 1].legend(fontsize=6)
+  fig.suptitle(
+      f"ANAct (NReLU) MLP {setting.depth} x {setting.width} on "
+      f"{setting.dataset}, SGD momentum 0.9 lr {setting.lr:g}, weight decay "
+      f"{setting.weight_decay:g}, batch {setting.batch_size}, seed "
+      f"{setting.seed}", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def report_mechanism(results: dict, setting: Mechanism) -> list[str]:
+  rows = []
+  for rule, res in results.items():
+    finite = np.isfinite(res["loss"])
+    first_bad = (int(np.argmin(finite)) + 1) if not finite.all() else None
+    dead = np.nan_to_num(res["dead"], nan=1.0)
+    all_dead = np.flatnonzero((dead >= 1.0).any(1))
+    rows.append([
+        rule, f"{np.nanmax(res['lambda']):.3g}",
+        f"{np.nanmax(res['pre_std']):.3g}",
+        str(int(all_dead[0]) + 1) if all_dead.size else "never",
+        str(first_bad) if first_bad else "never",
+        f"{res['loss'][-1]:.4f}"])
+  return ([f"## A. Mechanism: the first {setting.steps} steps", "",
+           f"NReLU MLP {setting.depth} x {setting.width} on "
+           f"`{setting.dataset}`, SGD momentum 0.9 lr {setting.lr:g}, weight "
+           f"decay {setting.weight_decay:g}, batch {setting.batch_size}, "
+           f"seed {setting.seed}, no augmentation (the quickstart's ANAct "
+           "model and optimizer).", ""]
+          + common.table(
+              ["rule", "largest lambda used", "largest pre-activation std",
+               "first step with a layer all dead", "first non-finite step",
+               "last loss"], rows)
+          + ["", "![mechanism](mechanism.png)", ""])
+
+
+# --------------------------------------------------------------------------
+# Part B
+
+
+def load(name: str, setting: Grid, cifar: str | None,
+         data_dir: str | None) -> data.Dataset:
+  if name == "cifar":
+    return data.get(cifar, data_dir=data_dir, train_size=setting.cifar_train,
+                    test_size=setting.cifar_test)
+  return data.get(name)
+
+
+def run_grid(setting: Grid, seeds, cifar: str | None, data_dir=None,
+             fast_compile=False, log=print, save=None) -> dict:
+  """``{dataset: {depth: {"sgd@0.01": {arm: {...}}}}}``: per seed, final
+  test accuracy and whether the last epoch's train loss is finite.
+
+  ``save(results)`` is called after every dataset (partial results)."""
+  results = {}
+  for name in setting.datasets:
+    if name == "cifar" and cifar is None:
+      continue
+    ds = load(name, setting, cifar, data_dir)
+    epochs = -(-setting.steps // data.steps_per_epoch(ds, setting.batch_size))
+    results[name] = {}
+    for depth in setting.depths:
+      results[name][depth] = {}
+      for opt, lr in setting.optimizers():
+        cell = {}
+        for arm, act in ARMS.items():
+          model = models.MLP(features=(setting.width,) * depth, act=act)
+          h = common.fit_mlp_seeds(model, _tx(opt, lr), seeds, ds=ds,
+                                   epochs=epochs,
+                                   batch_size=setting.batch_size,
+                                   fast_compile=fast_compile)
+          acc = np.asarray(h["test_accuracy"][:, -1], np.float64)
+          finite = np.isfinite(np.asarray(h["train_loss"][:, -1]))
+          cell[arm] = {"test_accuracy": acc, "finite": finite,
+                       "collapsed": (acc < CHANCE_LIMIT) | ~finite}
+        results[name][depth][f"{opt}@{lr:g}"] = cell
+        log(f"  {name} depth {depth} {opt} lr {lr:g}: " + ", ".join(
+            f"{arm} {100 * c['test_accuracy'].mean():.1f}%"
+            f" ({int(c['collapsed'].sum())} collapsed)"
+            for arm, c in cell.items()), flush=True)
+    if save is not None:
+      save(results)
+  return results
+
+
+def cells(results: dict):
+  for name, by_depth in results.items():
+    for depth, by_opt in by_depth.items():
+      for opt, cell in by_opt.items():
+        yield name, depth, opt, cell
+
+
+def plain_trains(cell: dict) -> bool:
+  return int(np.sum(~cell["relu"]["collapsed"])) >= 2
+
+
+def summary(results: dict) -> dict:
+  """Per arm: runs, collapsed runs, and those where ReLU trains."""
+  out = {arm: {"runs": 0, "collapsed": 0, "runs_where_relu_trains": 0,
+               "collapsed_where_relu_trains": 0} for arm in ARMS}
+  for *_, cell in cells(results):
+    trains = plain_trains(cell)
+    for arm, res in cell.items():
+      n, c = res["collapsed"].size, int(res["collapsed"].sum())
+      out[arm]["runs"] += n
+      out[arm]["collapsed"] += c
+      if trains:
+        out[arm]["runs_where_relu_trains"] += n
+        out[arm]["collapsed_where_relu_trains"] += c
+  return out
+
+
+def _acc(res: dict) -> str:
+  ok = ~res["collapsed"]
+  text = (f"{100 * res['test_accuracy'][ok].mean():.1f}" if ok.any()
+          else "-")
+  bad = int(res["collapsed"].sum())
+  return text + (f" ({bad}c)" if bad else "")
+
+
+def report_grid(setting: Grid, results: dict, seconds: float,
+                seeds) -> list[str]:
+  s = summary(results)
+  rows = [[arm, f"{v['collapsed']} / {v['runs']}",
+           f"{v['collapsed_where_relu_trains']} / "
+           f"{v['runs_where_relu_trains']}"] for arm, v in s.items()]
+  lines = ["## B. Robustness", "",
+           f"MLPs of width {setting.width}, depths {list(setting.depths)}; "
+           f"SGD momentum 0.9 at {list(setting.sgd_lrs)}, Adam at "
+           f"{list(setting.adam_lrs)}; batch {setting.batch_size}, about "
+           f"{setting.steps} steps per run (whole epochs), {len(seeds)} "
+           f"seeds; cifar: {setting.cifar_train} train / {setting.cifar_test}"
+           " test images. Collapsed: final test accuracy below "
+           f"{100 * CHANCE_LIMIT:.0f}% or a last epoch without a finite "
+           f"step. Compiled with XLA's fast-compile options. Wall time "
+           f"{seconds:.0f} s.", ""]
+  lines += common.table(
+      ["arm", "collapsed runs", "collapsed where ReLU trains"], rows)
+  lines += ["", "Mean final test accuracy % of the runs that did not "
+            "collapse, and how many collapsed (`c`):", ""]
+  header = ["dataset", "depth", "optimizer"] + list(ARMS)
+  rows = [[name, str(depth), opt] + [_acc(cell[a]) for a in ARMS]
+          for name, depth, opt, cell in cells(results)]
+  return lines + common.table(header, rows) + [""]
+
+
+def reused_run(directory: str) -> str:
+  """The command and wall time another run wrote into its results.md."""
+  try:
+    with open(os.path.join(directory, "results.md")) as f:
+      text = f.read()
+  except FileNotFoundError:
+    return f"`{directory}` (no results.md)"
+  command = re.search(r"Command: `([^`]*)`", text)
+  wall = re.search(r"Total wall time: (\d+) s", text)
+  return (f"`{command.group(1) if command else '?'}` "
+          f"({wall.group(1) if wall else '?'} s)")
+
+
+def load_partial(directory: str) -> dict:
+  """Part-B results written by another run (``grid_partial.json``)."""
+  with open(os.path.join(directory, "grid_partial.json")) as f:
+    raw = json.load(f)
+  return {name: {int(depth): {opt: {arm: {k: np.asarray(v) for k, v in
+                                          res.items()}
+                                    for arm, res in cell.items()}
+                              for opt, cell in by_opt.items()}
+                 for depth, by_opt in by_depth.items()}
+          for name, by_depth in raw.items()}
+
+
+def main(argv=None) -> dict:
+  parser = common.parser(__doc__, DEFAULT_OUT, data_arg=True)
+  parser.add_argument("--skip-grid", action="store_true",
+                      help="run part A only")
+  parser.add_argument("--skip-mechanism", action="store_true",
+                      help="run part B only")
+  parser.add_argument("--datasets", default=None,
+                      help="comma-separated part-B datasets (default: all)")
+  parser.add_argument("--reuse", default=None,
+                      help="comma-separated output directories whose part-B "
+                      "results to reuse")
+  args = parser.parse_args(argv)
+  mech_setting = SMOKE_MECHANISM if args.smoke else MECHANISM
+  grid_setting = SMOKE_GRID if args.smoke else GRID
+  reused = {}
+  for directory in (args.reuse.split(",") if args.reuse else []):
+    reused.update(load_partial(directory))
+  if args.datasets is not None:
+    names = tuple(n for n in args.datasets.split(",") if n)
+    unknown = sorted(set(names) - set(GRID.datasets))
+    if unknown:
+      parser.error(f"--datasets: unknown {unknown}; known: {GRID.datasets}")
+    grid_setting = dataclasses.replace(grid_setting, datasets=names)
+  todo = tuple(n for n in grid_setting.datasets if n not in reused)
+  if not args.skip_grid and "cifar" in todo:
+    common.require_data(parser, args)
+  seeds = tuple(range(args.seeds))
+  os.makedirs(args.out, exist_ok=True)
+  t0 = time.time()
+  mech = {}
+  if not args.skip_mechanism:
+    mech = {rule: run_mechanism(mech_setting, rule, fast_compile=args.smoke)
+            for rule in ("batch", "running")}
+    plot_mechanism(mech, mech_setting,
+                   os.path.join(args.out, "mechanism.png"))
+  lines = ["# Study 7: ANAct's batch rule vs its running rule", "",
+           f"Command: `{common.command(MODULE, argv)}`  ",
+           f"Seeds: {list(seeds)} (part B; seed s keys initialization and "
+           "batch order, the same for every arm)  ",
+           f"Data: digits, digits28, shapes28 (gaf_optax.data, generated), "
+           f"cifar = `{args.data}`. ANAct's rules are our design (see "
+           "`gaf_optax/nn/_anact.py`).", ""]
+  if mech:
+    lines += report_mechanism(mech, mech_setting)
+  grid = {}
+  if not args.skip_grid:
+    t1 = time.time()
+    # XLA's fast-compile options: compiling dominates these small runs.
+    computed = run_grid(
+        dataclasses.replace(grid_setting, datasets=todo), seeds, args.data,
+        args.data_dir, fast_compile=True,
+        save=lambda g: common.write_json(
+            os.path.join(args.out, "grid_partial.json"), g))
+    grid = {n: (reused[n] if n in reused else computed[n])
+            for n in grid_setting.datasets if n in reused or n in computed}
+    lines += report_grid(grid_setting, grid, time.time() - t1, seeds)
+    if reused:
+      lines += [f"Part B results of {sorted(reused)} were computed by "
+                f"other runs of this module (`--reuse {args.reuse}`); the "
+                "wall time above is this run's. Those runs:", ""]
+      lines += [f"- {reused_run(d)}" for d in args.reuse.split(",")] + [""]
+  lines.insert(4, f"Total wall time: {time.time() - t0:.0f} s (CPU)  ")
+  text = "\n".join(lines)
+  common.write(args.out, text, {
+      "mechanism": mech,
+      "grid": {n: {str(d): o for d, o in by.items()} for n, by in grid.items()},
+      "summary": summary(grid) if grid else {}})
+  print(text)
+  return {"mechanism": mech, "grid": grid}
+
+
+if __name__ == "__main__":
+  main()

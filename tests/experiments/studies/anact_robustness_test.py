@@ -1,0 +1,48 @@
+"""Study 7 (ANAct robustness) smoke test: the mechanism's records obey the
+running rule's bounds and rate limit, the batch rule's do not; the grid's
+counts add up; the report and plot are written."""
+
+import os
+
+import jax
+import numpy as np
+
+from experiments.studies import anact_robustness
+from gaf_optax import nn as gnn
+from tests.experiments.studies import tables
+
+
+def test_study_anact_robustness_smoke(tmp_path):
+  out = str(tmp_path / "rob")
+  res = anact_robustness.main(["--smoke", "--seeds", "2", "--data", "digits",
+                               "--out", out])
+  text = open(os.path.join(out, "results.md")).read()
+  assert "## A. " in text and "## B. " in text
+  assert os.path.getsize(os.path.join(out, "mechanism.png")) > 10_000
+
+  mech = res["mechanism"]
+  steps = anact_robustness.SMOKE_MECHANISM.steps
+  lam0 = float(gnn.gaussian_lambda(jax.nn.relu))
+  running, batch = mech["running"]["lambda"], mech["batch"]["lambda"]
+  assert running.shape == batch.shape == (steps, 4)
+  # The running rule: within max_ratio = 1.5 of lambda_0, and at most
+  # max_step = 0.001 in log per step, from lambda_0.
+  assert np.all((running >= lam0 / 1.5 - 1e-6) & (running <= lam0 * 1.5 + 1e-6))
+  moves = np.diff(np.log(np.concatenate([np.full((1, 4), lam0), running])), axis=0)
+  assert np.all(np.abs(moves) <= 0.001 + 1e-6), moves
+  # The batch rule follows each batch: it moves far more in the same steps.
+  assert np.max(np.abs(np.diff(np.log(batch), axis=0))) > 0.01
+  for rule in ("batch", "running"):
+    for key in ("rho", "rho_prime", "pre_std", "grad_norm"):
+      assert mech[rule][key].shape == (steps, 4), (rule, key)
+      assert np.all(np.isfinite(mech[rule][key])), (rule, key)
+    assert np.all((mech[rule]["dead"] >= 0) & (mech[rule]["dead"] <= 1))
+
+  grid = res["grid"]
+  assert set(grid) == {"digits", "cifar"}
+  summary = anact_robustness.summary(grid)
+  for arm in anact_robustness.ARMS:
+    assert summary[arm]["runs"] == 2 * 1 * 2 * 2  # datasets, depths, opts, seeds
+    (row,) = tables.table_rows(text, arm)[:1]
+    collapsed, runs = tables.numbers(row[1])
+    assert (collapsed, runs) == (summary[arm]["collapsed"], 8)
