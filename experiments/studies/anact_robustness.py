@@ -33,6 +33,12 @@ per arm, the collapsed runs of each ANAct rule in settings where ReLU
 trains (at least 2 of its seeds not collapsed), and every setting's mean
 final test accuracy.
 
+Part C, a control: ReLU MLPs with He init (the running rule's function at
+initialization, with the gain in the weights instead of the activation) in
+the deep, large-learning-rate SGD settings where the running rule
+collapsed (digits and digits28, depth 10 and 20, lr 0.01 and 0.03); runs
+with part B.
+
 Writes ``results.md``, ``results.json`` and ``mechanism.png`` to ``--out``.
 """
 
@@ -98,7 +104,17 @@ class Grid:
             + [("adam", lr) for lr in self.adam_lrs])
 
 
+@dataclasses.dataclass(frozen=True)
+class Control:
+  """Part C: ReLU with He init where the running rule collapsed."""
+  datasets: tuple[str, ...] = ("digits", "digits28")
+  depths: tuple[int, ...] = (10, 20)
+  sgd_lrs: tuple[float, ...] = (0.01, 0.03)
+
+
 MECHANISM, SMOKE_MECHANISM = Mechanism(), Mechanism(steps=12)
+CONTROL, SMOKE_CONTROL = Control(), Control(datasets=("digits",),
+                                            depths=(4,), sgd_lrs=(0.01,))
 GRID = Grid()
 SMOKE_GRID = Grid(datasets=("digits", "cifar"), depths=(4,),
                   sgd_lrs=(0.01,), adam_lrs=(1e-3,), width=16, steps=40,
@@ -370,6 +386,57 @@ def load_partial(directory: str) -> dict:
           for name, by_depth in raw.items()}
 
 
+# --------------------------------------------------------------------------
+# Part C
+
+
+def run_control(setting: Control, grid_setting: Grid, seeds,
+                fast_compile=True) -> dict:
+  """``{dataset: {depth: {lr: final test accuracies}}}`` of ReLU MLPs with
+  He init (twice LeCun's variance, ``init_scale=2``): the ANAct net's
+  function at initialization, with the gain in the weights."""
+  results = {}
+  for name in setting.datasets:
+    ds = data.get(name)
+    epochs = -(-grid_setting.steps
+               // data.steps_per_epoch(ds, grid_setting.batch_size))
+    results[name] = {}
+    for depth in setting.depths:
+      results[name][depth] = {}
+      for lr in setting.sgd_lrs:
+        model = models.MLP(features=(grid_setting.width,) * depth,
+                           act=nn.relu, init_scale=2.0)
+        h = common.fit_mlp_seeds(model, _tx("sgd", lr), seeds, ds=ds,
+                                 epochs=epochs,
+                                 batch_size=grid_setting.batch_size,
+                                 fast_compile=fast_compile)
+        results[name][depth][lr] = np.asarray(h["test_accuracy"][:, -1],
+                                              np.float64)
+  return results
+
+
+def report_control(setting: Control, control: dict, grid: dict
+                   ) -> list[str]:
+  rows = []
+  for name, by_depth in control.items():
+    for depth, by_lr in by_depth.items():
+      for lr, acc in by_lr.items():
+        cell = grid.get(name, {}).get(depth, {}).get(f"sgd@{lr:g}")
+        rows.append([name, str(depth), f"{lr:g}"] + (
+            [common.mean_std(100 * cell[a]["test_accuracy"], 1)
+             for a in ("relu", "running_rule")] if cell else ["-", "-"])
+                    + [common.mean_std(100 * acc, 1)])
+  return ["## C. Control: the gain in the weights", "",
+          "ReLU MLPs with He init (twice LeCun's variance): at "
+          "initialization the same function as the running rule's NReLU "
+          "net (lambda_0 = sqrt 2), with the gain in the weights instead of "
+          "the activation. Same settings as part B, SGD momentum 0.9; final "
+          "test accuracy % (mean +- std over seeds, collapsed runs "
+          "included).", ""] + common.table(
+              ["dataset", "depth", "lr", "ReLU (LeCun)",
+               "NReLU running rule", "ReLU (He init)"], rows) + [""]
+
+
 def main(argv=None) -> dict:
   parser = common.parser(__doc__, DEFAULT_OUT, data_arg=True)
   parser.add_argument("--skip-grid", action="store_true",
@@ -414,7 +481,7 @@ def main(argv=None) -> dict:
            "`gaf_optax/nn/_anact.py`).", ""]
   if mech:
     lines += report_mechanism(mech, mech_setting)
-  grid = {}
+  grid, control = {}, {}
   if not args.skip_grid:
     t1 = time.time()
     # XLA's fast-compile options: compiling dominates these small runs.
@@ -426,6 +493,10 @@ def main(argv=None) -> dict:
     grid = {n: (reused[n] if n in reused else computed[n])
             for n in grid_setting.datasets if n in reused or n in computed}
     lines += report_grid(grid_setting, grid, time.time() - t1, seeds)
+    control = run_control(SMOKE_CONTROL if args.smoke else CONTROL,
+                          grid_setting, seeds)
+    lines += report_control(SMOKE_CONTROL if args.smoke else CONTROL,
+                            control, grid)
     if reused:
       lines += [f"Part B results of {sorted(reused)} were computed by "
                 f"other runs of this module (`--reuse {args.reuse}`); the "
@@ -436,9 +507,12 @@ def main(argv=None) -> dict:
   common.write(args.out, text, {
       "mechanism": mech,
       "grid": {n: {str(d): o for d, o in by.items()} for n, by in grid.items()},
-      "summary": summary(grid) if grid else {}})
+      "summary": summary(grid) if grid else {},
+      "control": {n: {str(d): {str(lr): a for lr, a in by_lr.items()}
+                      for d, by_lr in by.items()}
+                  for n, by in control.items()}})
   print(text)
-  return {"mechanism": mech, "grid": grid}
+  return {"mechanism": mech, "grid": grid, "control": control}
 
 
 if __name__ == "__main__":

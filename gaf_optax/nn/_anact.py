@@ -154,8 +154,13 @@ class ANAct(nn.Module):
     killed networks under the ``batch`` rule: as units die, ``rho`` and
     ``rho'`` fall, lambda rises, the next layers' inputs and every earlier
     layer's gradients grow, more units die, and a layer whose units are all
-    dead gets a lambda of ``epsilon ** -0.5`` (see
-    ``experiments/studies/anact_robustness.py``).
+    dead gets a lambda of hundreds (see
+    ``experiments/studies/anact_robustness.py``). It does not keep deep
+    nets without normalization stable under SGD at learning rates that the
+    plain activation survives only because its gains vanish: with the gain
+    in the activation, a step is about ``lambda**2`` times larger relative
+    to the weights than in a He-initialized net of the same function. Use
+    a smaller learning rate there.
   * ``rule="batch"``: the earlier reconstruction, kept to compare with:
     training uses the batch's lambda, evaluation an exponential moving
     average of it that starts at 1. Unbounded; it can collapse a network

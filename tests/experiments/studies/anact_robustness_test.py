@@ -17,7 +17,7 @@ def test_study_anact_robustness_smoke(tmp_path):
   res = anact_robustness.main(["--smoke", "--seeds", "2", "--data", "digits",
                                "--out", out])
   text = open(os.path.join(out, "results.md")).read()
-  assert "## A. " in text and "## B. " in text
+  assert "## A. " in text and "## B. " in text and "## C. " in text
   assert os.path.getsize(os.path.join(out, "mechanism.png")) > 10_000
 
   mech = res["mechanism"]
@@ -46,3 +46,8 @@ def test_study_anact_robustness_smoke(tmp_path):
     (row,) = tables.table_rows(text, arm)[:1]
     collapsed, runs = tables.numbers(row[1])
     assert (collapsed, runs) == (summary[arm]["collapsed"], 8)
+
+  (acc,) = [res["control"]["digits"][4][0.01]]
+  assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 1))
+  (row,) = tables.table_rows(text, "digits")[-1:]
+  assert tables.numbers(row[-1])[0] == round(100 * acc.mean(), 1)
