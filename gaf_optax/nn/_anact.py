@@ -35,6 +35,7 @@ tanh 1.529, GELU 1.507, sigmoid 2.95.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -199,7 +200,7 @@ class ANAct(nn.Module):
   momentum: float = 0.99
   per_channel: bool = False
   epsilon: float = 1e-5
-  rule: str = "running"
+  rule: Literal["running", "batch"] = "running"
   max_ratio: float = 1.5
   max_step: float = 0.001
   use_running_average: bool | None = None
