@@ -81,9 +81,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
 
 from gaf_optax.models._cifar import MLP
 from gaf_optax.models._cifar import DenseNet
@@ -108,6 +110,7 @@ from gaf_optax.models._imagenet import ImageNetResNet18
 from gaf_optax.models._imagenet import ImageNetResNet34
 from gaf_optax.models._imagenet import ImageNetResNet50
 from gaf_optax.models._imagenet import ImageNetSEResNet18
+from gaf_optax.models._nnx import NNXModel
 from gaf_optax.models._resnet import BasicBlock
 from gaf_optax.models._resnet import Bottleneck
 from gaf_optax.models._resnet import PreActBlock
@@ -126,6 +129,7 @@ __all__ = [
     "LeNet",
     "MLP",
     "MobileNetV2",
+    "NNXModel",
     "PreActBlock",
     "PreActResNet18",
     "ResNet",
@@ -143,6 +147,7 @@ __all__ = [
     "VGG19",
     "accepted_kwargs",
     "get",
+    "get_nnx",
     "make_activation",
     "names",
     "num_params",
@@ -205,6 +210,22 @@ def get(name: str, **kwargs: Any) -> nn.Module:
         f"Unknown argument(s) {', '.join(map(repr, unknown))} for model "
         f"{name!r}; it accepts: {', '.join(sorted(accepted))}.")
   return constructor(**kwargs)
+
+
+def get_nnx(name: str, *, input_shape: Sequence[int], rngs: nnx.Rngs,
+            amplification: bool = False, **kwargs: Any) -> NNXModel:
+  """The model registered as ``name``, as an NNX module (:class:`NNXModel`).
+
+  Args:
+    name: a registry name (:func:`gaf_optax.models.names`).
+    input_shape: one example's shape, e.g. ``(32, 32, 3)``.
+    rngs: ``nnx.Rngs`` (``nnx.Rngs(0)``, or ``nnx.Rngs(params=0,
+      dropout=1)``).
+    amplification: hold amplification factors (see :class:`NNXModel`).
+    **kwargs: the Linen model's fields, as for :func:`gaf_optax.models.get`.
+  """
+  return NNXModel(get(name, **kwargs), input_shape, rngs=rngs,
+                  amplification=amplification)
 
 
 def accepted_kwargs(name: str) -> set[str]:

@@ -208,55 +208,80 @@ class ANAct(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array,
                use_running_average: bool | None = None) -> jax.Array:
-    if not callable(self.activation):
-      raise ValueError(f"activation must be callable; got {self.activation!r}.")
-    if self.mode not in _MODES:
-      raise ValueError(f"mode must be one of {_MODES}; got {self.mode!r}.")
-    if self.rule not in _RULES:
-      raise ValueError(f"rule must be one of {_RULES}; got {self.rule!r}.")
-    if not 0.0 < self.momentum < 1.0:
-      raise ValueError(f"momentum must be in (0, 1); got {self.momentum!r}.")
-    if not self.epsilon > 0:
-      raise ValueError(f"epsilon must be positive; got {self.epsilon!r}.")
-    if not self.max_ratio > 1.0:
-      raise ValueError(
-          f"max_ratio must be greater than 1; got {self.max_ratio!r}.")
-    if not self.max_step > 0.0:
-      raise ValueError(f"max_step must be positive; got {self.max_step!r}.")
+    check_config(self)
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
-
     shape = (x.shape[-1],) if self.per_channel else ()
-    running = self.rule == "running"
-    if running:
-      lam0 = gaussian_lambda(self.activation, mode=self.mode,
-                             epsilon=self.epsilon)
-      low, high = lam0 / self.max_ratio, lam0 * self.max_ratio
-    stored = self.variable(
-        "batch_stats", "lambda",
-        lambda: jnp.full(shape, lam0 if running else 1.0, jnp.float32))
-    if use_running_average:
-      lam = stored.value
-    else:
-      axes = tuple(range(x.ndim - 1)) if self.per_channel else None
-      lam_batch, rho, rho_prime = anact_lambda(
-          self.activation, x, mode=self.mode, axes=axes, epsilon=self.epsilon)
-      lam_batch = jax.lax.stop_gradient(lam_batch)
-      self.sow("intermediates", "rho", rho)
-      self.sow("intermediates", "rho_prime", rho_prime)
-      self.sow("intermediates", "lambda", lam_batch)
-      if running:
-        old = stored.value
-        move = jnp.clip((1.0 - self.momentum) * jnp.log(lam_batch / old),
-                        -self.max_step, self.max_step)
-        lam = jnp.clip(old * jnp.exp(move), low, high)
-      else:
-        lam = lam_batch
+    stored = self.variable("batch_stats", "lambda",
+                           lambda: initial_lambda(self, shape))
+    y, new_lam, stats = forward(self, x, stored.value,
+                                train=not use_running_average)
+    if stats is not None:
+      for name, value in stats.items():
+        self.sow("intermediates", name, value)
       if not self.is_initializing():
-        stored.value = (lam if running else
-                        self.momentum * stored.value
-                        + (1.0 - self.momentum) * lam_batch)
-    return self.activation(x) * lam.astype(x.dtype)
+        stored.value = new_lam
+    return y
+
+
+def check_config(cfg) -> None:
+  """Raises ValueError for a bad ANAct setting (Linen and NNX share it)."""
+  if not callable(cfg.activation):
+    raise ValueError(f"activation must be callable; got {cfg.activation!r}.")
+  if cfg.mode not in _MODES:
+    raise ValueError(f"mode must be one of {_MODES}; got {cfg.mode!r}.")
+  if cfg.rule not in _RULES:
+    raise ValueError(f"rule must be one of {_RULES}; got {cfg.rule!r}.")
+  if not 0.0 < cfg.momentum < 1.0:
+    raise ValueError(f"momentum must be in (0, 1); got {cfg.momentum!r}.")
+  if not cfg.epsilon > 0:
+    raise ValueError(f"epsilon must be positive; got {cfg.epsilon!r}.")
+  if not cfg.max_ratio > 1.0:
+    raise ValueError(
+        f"max_ratio must be greater than 1; got {cfg.max_ratio!r}.")
+  if not cfg.max_step > 0.0:
+    raise ValueError(f"max_step must be positive; got {cfg.max_step!r}.")
+
+
+def initial_lambda(cfg, shape: tuple[int, ...]) -> jax.Array:
+  """The stored lambda before any step: ``lambda_0`` (running) or 1 (batch)."""
+  start = (gaussian_lambda(cfg.activation, mode=cfg.mode, epsilon=cfg.epsilon)
+           if cfg.rule == "running" else 1.0)
+  return jnp.full(shape, start, jnp.float32)
+
+
+def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
+  """One ANAct call as a pure function (Linen and NNX modules share it).
+
+  Args:
+    cfg: the module (its ``activation``, ``mode``, ``rule`` and so on).
+    x: pre-activations.
+    stored: the stored lambda (``batch_stats/lambda``).
+    train: update lambda from this batch (else use ``stored``).
+
+  Returns:
+    ``(y, new_stored, stats)``: the output, the lambda to store after this
+    call, and the batch's ``rho``, ``rho_prime`` and ``lambda`` (None, as
+    is the stored value's change, when not training).
+  """
+  if not train:
+    return cfg.activation(x) * stored.astype(x.dtype), stored, None
+  axes = tuple(range(x.ndim - 1)) if cfg.per_channel else None
+  lam_batch, rho, rho_prime = anact_lambda(
+      cfg.activation, x, mode=cfg.mode, axes=axes, epsilon=cfg.epsilon)
+  lam_batch = jax.lax.stop_gradient(lam_batch)
+  stats = {"rho": rho, "rho_prime": rho_prime, "lambda": lam_batch}
+  if cfg.rule == "running":
+    lam0 = gaussian_lambda(cfg.activation, mode=cfg.mode, epsilon=cfg.epsilon)
+    move = jnp.clip((1.0 - cfg.momentum) * jnp.log(lam_batch / stored),
+                    -cfg.max_step, cfg.max_step)
+    lam = jnp.clip(stored * jnp.exp(move), lam0 / cfg.max_ratio,
+                   lam0 * cfg.max_ratio)
+    new_stored = lam
+  else:
+    lam = lam_batch
+    new_stored = cfg.momentum * stored + (1.0 - cfg.momentum) * lam_batch
+  return cfg.activation(x) * lam.astype(x.dtype), new_stored, stats
 
 
 class NSwish(ANAct):
