@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx
@@ -81,5 +82,32 @@ class NNXModel(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     train = not self.use_running_average
     factors = None if self.amp_factors is None else self.amp_factors[...]
-    return self.linen(x, train=train, amp_factors=factors,
-                      mutable=["batch_stats"] if train else False)
+    if not train:
+      return self.linen(x, train=False, amp_factors=factors, mutable=False)
+    before = ({} if _BRIDGE_MERGES_DEEPLY else
+              {k: v for k, v in vars(self.linen).items()
+               if isinstance(v, dict)})
+    out = self.linen(x, train=True, amp_factors=factors,
+                     mutable=["batch_stats"])
+    for name, old in before.items():
+      setattr(self.linen, name, _deep_merge(old, getattr(self.linen, name)))
+    return out
+
+
+# Flax < 0.12's ToNNX merges a call's updated collections into its variables
+# one level deep only (``old | new``), so a training call drops the params of
+# every nested module whose batch_stats changed (e.g. a block's BatchNorm
+# scale and bias). There we merge the old and new trees all the way down
+# after the call, setting the attributes as that ToNNX itself does.
+_BRIDGE_MERGES_DEEPLY = tuple(
+    int(p) for p in flax.__version__.split(".")[:2]) >= (0, 12)
+
+
+def _deep_merge(old: dict, new: dict) -> dict:
+  out = dict(old)
+  for key, value in new.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _deep_merge(out[key], value)
+    else:
+      out[key] = value
+  return out

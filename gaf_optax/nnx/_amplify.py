@@ -84,12 +84,13 @@ def _factor_leaves(tree) -> list[jax.Array]:
     tree = nnx.state(tree, AmplificationFactors)
   else:
     tree = nnx.filter_state(tree, AmplificationFactors)
-  return [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+  return jax.tree.leaves(tree)
 
 
 def num_amplification_points(model: nnx.Module) -> int:
   """How many amplification points ``model`` holds (see the numbering)."""
-  return sum(math.prod(leaf.shape) for leaf in _factor_leaves(model))
+  return sum(math.prod(jnp.shape(leaf) if not hasattr(leaf, "shape")
+                       else leaf.shape) for leaf in _factor_leaves(model))
 
 
 def set_amplification_factors(model: nnx.Module, factors: jax.Array) -> None:
@@ -134,4 +135,5 @@ def amplification_signal_norms(grads) -> jax.Array:
   leaves = _factor_leaves(grads)
   if not leaves:
     return jnp.zeros((0,), jnp.float32)
-  return signal_norms(jnp.concatenate([leaf.reshape(-1) for leaf in leaves]))
+  return signal_norms(jnp.concatenate([jnp.reshape(leaf, -1)
+                                       for leaf in leaves]))
