@@ -28,3 +28,31 @@ def test_python_trainer_example_trains_digits_and_writes_its_files(
   for name in ("metrics.jsonl", "telemetry.jsonl", "checkpoints",
                "tensorboard"):
     assert os.path.exists(tmp_path / "runs" / "digits" / name), name
+
+
+def _run(marker):
+  namespace = {}
+  exec(compile(_block(marker), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def test_nnx_loop_example_trains_and_amplifies():
+  import flax  # pylint: disable=import-outside-toplevel
+  import pytest  # pylint: disable=import-outside-toplevel
+  if tuple(int(p) for p in flax.__version__.split(".")[:2]) < (0, 11):
+    pytest.skip("the README shows nnx.Optimizer.update(model, grads), "
+                "Flax >= 0.11's signature")
+  ns = _run("test:nnx-loop")
+  losses = ns["losses"]
+  assert len(losses) == 60 and losses[-1] < 0.5 * losses[0]
+  factors = ns["gaf_optax"].amplification_factors(ns["optimizer"].opt_state)
+  assert sorted(set(factors.tolist())) == [1.0, 2.0]  # epoch 2: amplified
+  assert ns["model"].use_running_average  # eval() reached the bridge
+
+
+def test_linen_loop_example_trains_and_amplifies():
+  ns = _run("test:linen-loop")
+  losses = ns["losses"]
+  assert len(losses) == 60 and losses[-1] < 0.5 * losses[0]
+  factors = ns["gaf_optax"].amplification_factors(ns["opt_state"])
+  assert sorted(set(factors.tolist())) == [1.0, 2.0]
