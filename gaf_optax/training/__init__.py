@@ -2,7 +2,7 @@
 
 :class:`Trainer` takes objects (a Flax model, an optax transformation, a
 :class:`gaf_optax.data.Dataset`) and trains them with :meth:`Trainer.fit`
-(a jitted, sharded step in a Python loop, with checkpoints, resume and
+(Linen or NNX; a jitted, sharded step in a Python loop, with checkpoints, resume and
 metric files) or :meth:`Trainer.fit_seeds` (``vmap`` over seeds and
 ``lax.scan`` over steps, for small models). The pure pieces
 (:func:`init_state`, :func:`make_train_step`, :func:`make_eval_step`) are
@@ -47,6 +47,8 @@ from gaf_optax.training._sharding import fsdp_spec
 from gaf_optax.training._sharding import per_device_bytes
 from gaf_optax.training._sharding import state_shardings
 from gaf_optax.training._metrics import read_records
+from gaf_optax.training._nnx import NNXFunctional
+from gaf_optax.training._nnx import functional
 from gaf_optax.training._step import Preprocess
 from gaf_optax.training._step import Telemetry
 from gaf_optax.training._step import TrainState
@@ -68,6 +70,7 @@ __all__ = [
     "CPU_NO_YNN",
     "Checkpointer",
     "MetricWriter",
+    "NNXFunctional",
     "NonFiniteError",
     "OPTIMIZERS",
     "Preempted",
@@ -85,6 +88,7 @@ __all__ = [
     "build_telemetry",
     "default_compiler_options",
     "fsdp_spec",
+    "functional",
     "get_activation",
     "init_state",
     "initialize_distributed",

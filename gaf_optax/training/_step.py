@@ -5,8 +5,10 @@ host-side effects, so it can be jitted with shardings (the :class:`Trainer`
 does), ``vmap``-ped over seeds and ``lax.scan``-ned over steps
 (:meth:`Trainer.fit_seeds` does), or called from a user's own loop.
 
-A model is any Flax Linen module called as ``model.apply(variables, x,
-train=..., amp_factors=...)`` (``gaf_optax.models`` all are); its
+A model is a Flax Linen module called as ``model.apply(variables, x,
+train=..., amp_factors=...)`` (``gaf_optax.models`` all are), or a Flax NNX
+module called as ``model(x)`` (run through ``nnx.split``/``nnx.merge``, see
+:mod:`gaf_optax.training._nnx`); its
 ``batch_stats`` (BatchNorm, ANAct) and other collections ride along in
 :attr:`TrainState.model_state`. Randomness (augmentation crops and flips,
 dropout masks) comes from ``fold_in(state.rng, state.step)``, so it depends
@@ -30,6 +32,7 @@ import optax
 import gaf_optax
 from gaf_optax import data as data_lib
 from gaf_optax.nn import signal_norms
+from gaf_optax.training import _nnx
 
 __all__ = [
     "Preprocess",
@@ -211,7 +214,9 @@ def _lambda_paths(model_state) -> list[tuple[str, Any]]:
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(model_state):
     keys = [getattr(k, "key", str(k)) for k in path]
-    if keys and keys[-1] == "lambda":
+    # "lambda": Linen's ANAct (and NNX models through the bridge); "lam":
+    # gaf_optax.nnx.ANAct (an attribute cannot be named lambda).
+    if keys and keys[-1] in ("lambda", "lam"):
       out.append(("/".join(str(k) for k in keys[:-1]), leaf))
   return sorted(out, key=lambda p: _natural_key(p[0]))
 
@@ -292,6 +297,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
     A :class:`TrainState` at step 0. The parameters are drawn from
     ``fold_in(PRNGKey(seed), 2**31 - 1)``, apart from the keys that steps use.
   """
+  model = _nnx.functional(model)
   rng = jax.random.PRNGKey(seed)
   variables = model.init(jax.random.fold_in(rng, -1 % 2**31),
                          jnp.zeros((1, *input_shape), jnp.float32),
@@ -352,6 +358,7 @@ def make_train_step(
     ``label`` (int ``[B]``); ``metrics`` the step's ``loss``,
     ``grad_norm`` and the telemetry's values.
   """
+  model = _nnx.functional(model)
   num_points = getattr(model, "num_amplification_points", 0)
   signals = telemetry is not None and telemetry.signals
   if (amplification_points or signals) and num_points < 1:
@@ -436,6 +443,8 @@ def make_eval_step(
   ``batch`` may carry a boolean ``mask`` (padded last batch); masked rows
   count nowhere.
   """
+
+  model = _nnx.functional(model)
 
   def step(state: TrainState, batch):
     images = preprocess(batch["image"], None, train=False)

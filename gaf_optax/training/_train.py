@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gaf_optax import data as data_lib
 from gaf_optax.training import _build
 from gaf_optax.training import _guard
+from gaf_optax.training import _nnx
 from gaf_optax.training import _sharding
 from gaf_optax.training import _step
 from gaf_optax.training import _workdir
@@ -173,7 +174,14 @@ class Trainer:
 
   Args:
     model: a Flax Linen model called as ``apply(variables, x, train=...,
-      amp_factors=...)`` (every ``gaf_optax.models`` model is).
+      amp_factors=...)`` (every ``gaf_optax.models`` model is), or a Flax NNX
+      module called as ``model(x)`` (``gaf_optax.models.get_nnx`` or your
+      own; ``.train()``/``.eval()`` switch its mode, and its
+      ``gaf_optax.nnx.AmplificationPoint`` s take the controller's factors).
+      An NNX module brings its parameters, so ``seed`` keys the data order,
+      augmentation and dropout only, and :meth:`fit_seeds` needs a Linen
+      model. Both run through the same functional step
+      (:func:`functional`).
     tx: any optax transformation, e.g. ``gaf_optax.sgd_gaf(0.1)``; with a
       :func:`gaf_optax.gradient_amplification` controller first in the chain
       when ``amplification_points`` is true.
@@ -265,6 +273,8 @@ class Trainer:
     if not isinstance(num_epochs, int) or num_epochs < 1:
       raise ValueError(f"num_epochs must be an int >= 1; got {num_epochs!r}.")
     self.model = model
+    # NNX modules run through the same functional step (training/_nnx.py).
+    model = self._model = _nnx.functional(model)
     self.tx = tx
     self.dataset = dataset
     self.batch_size = batch_size
@@ -391,7 +401,7 @@ class Trainer:
 
   def init_state(self, seed: int) -> TrainState:
     """A fresh, replicated state for ``seed``."""
-    init = jax.jit(lambda: _step.init_state(self.model, self.tx, seed,
+    init = jax.jit(lambda: _step.init_state(self._model, self.tx, seed,
                                             self.dataset.image_shape),
                    out_shardings=self.state_sharding)
     return _own_buffers(init())
@@ -400,10 +410,10 @@ class Trainer:
   def telemetry_names(self) -> dict[str, list[str]]:
     """Labels of the per-layer telemetry vectors (``layer_*``, lambdas)."""
     shapes = jax.eval_shape(lambda: _step.init_state(
-        self.model, self.tx, 0, self.dataset.image_shape))
+        self._model, self.tx, 0, self.dataset.image_shape))
     names = {"layer": _step.layer_names(shapes.params),
              "anact_lambda": _step.anact_lambda_names(shapes.model_state)}
-    points = getattr(self.model, "num_amplification_points", 0)
+    points = getattr(self._model, "num_amplification_points", 0)
     names["point"] = [str(i) for i in range(points)]
     return names
 
@@ -767,7 +777,12 @@ class Trainer:
     idx = np.stack([np.stack([
         data_lib.epoch_order(n, seed=s, epoch=e)[:spe * bs].reshape(spe, bs)
         for e in range(self.num_epochs)]) for s in seeds]).astype(np.int32)
-    model, tx, shape = self.model, self.tx, self.dataset.image_shape
+    if isinstance(self._model, _nnx.NNXFunctional):
+      raise ValueError(
+          "fit_seeds draws each seed's initial parameters, but an NNX module "
+          "is created with its parameters; train one NNX model per seed "
+          "with fit(), or pass the Linen model.")
+    model, tx, shape = self._model, self.tx, self.dataset.image_shape
 
     # The data are arguments, not closed-over constants: XLA compiles a
     # program with large constants much more slowly.
