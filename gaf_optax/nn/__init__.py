@@ -1,7 +1,10 @@
 """Activations with reshaped gradients (GAAF, ANAct) and amplification points."""
 
+from gaf_optax.nn._amplify import AmplificationPoint
 from gaf_optax.nn._amplify import AmplificationPoints
 from gaf_optax.nn._amplify import amplify
+from gaf_optax.nn._amplify import point_signal_norms
+from gaf_optax.nn._amplify import set_point_factors
 from gaf_optax.nn._amplify import signal_norms
 
 from gaf_optax.nn._anact import ANAct
@@ -21,6 +24,7 @@ from gaf_optax.nn._gaaf import tanh_shape
 
 __all__ = [
     "ANAct",
+    "AmplificationPoint",
     "AmplificationPoints",
     "NGELU",
     "NReLU",
@@ -33,7 +37,9 @@ __all__ = [
     "gaaf_relu",
     "gaaf_sigmoid",
     "gaaf_tanh",
+    "point_signal_norms",
     "relu_shape",
+    "set_point_factors",
     "sigmoid_shape",
     "signal_norms",
     "tanh_shape",

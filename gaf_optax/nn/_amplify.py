@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.custom_vjp
@@ -142,3 +144,85 @@ class AmplificationPoints:
           f"factors has shape {self.factors.shape} but the model has "
           f"{self.count} amplification points; pass float32[{self.count}]."
       )
+
+
+class AmplificationPoint(nn.Module):
+  """An amplification point whose factor is a variable (scan-safe numbering).
+
+  :class:`AmplificationPoints` numbers points by call order, which a model
+  under ``nn.scan`` breaks (the scanned body is traced once for all its
+  layers). This point keeps its factor in the ``"amplification"``
+  collection instead, so the numbering is the variables' structure: scan it
+  with ``variable_axes={"amplification": 0}`` and each layer gets its own
+  factor (one stacked array). The controller's factors go in with
+  :func:`set_point_factors`; differentiate with respect to the collection
+  to get each point's signal (:func:`point_signal_norms`), in the same
+  backward pass. Points are numbered in the order of
+  ``jax.tree.leaves(variables["amplification"])`` (module paths sorted, a
+  stacked leaf's entries in order). The NNX form is
+  :class:`gaf_optax.nnx.AmplificationPoint`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from gaf_optax import nn as gnn
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = gnn.AmplificationPoint(name="a")(x)
+    ...     return jnp.sum(3.0 * gnn.AmplificationPoint(name="b")(2.0 * x))
+    >>> variables = Net().init(jax.random.key(0), jnp.ones(1))
+    >>> amp = gnn.set_point_factors(variables["amplification"],
+    ...                             jnp.array([2.0, 5.0]))
+    >>> grads = jax.grad(lambda a: Net().apply({"amplification": a},
+    ...                                        jnp.ones(1)))(amp)
+    >>> gnn.point_signal_norms(grads).tolist()  # |3 * 5 * 2|, |3|
+    [30.0, 3.0]
+  """
+
+  @nn.compact
+  def __call__(self, x: Any) -> Any:
+    factor = self.variable("amplification", "factor",
+                           lambda: jnp.ones((), jnp.float32))
+    return amplify(x, factor.value)
+
+
+def set_point_factors(collection: Any, factors: jax.Array) -> Any:
+  """The ``"amplification"`` collection with ``factors`` written in.
+
+  Args:
+    collection: ``variables["amplification"]`` of a model with
+      :class:`AmplificationPoint` s.
+    factors: float32[P], one per point in the collection's leaf order
+      (what :func:`gaf_optax.amplification_factors` returns).
+
+  Returns:
+    A collection of the same structure.
+
+  Raises:
+    ValueError: if ``factors`` does not hold one entry per point.
+  """
+  leaves, treedef = jax.tree.flatten(collection)
+  sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
+  factors = jnp.asarray(factors)
+  if factors.shape != (sum(sizes),):
+    raise ValueError(
+        f"factors must have shape ({sum(sizes)},), one entry per "
+        f"amplification point of the collection; got {factors.shape}.")
+  out, start = [], 0
+  for leaf, size in zip(leaves, sizes):
+    out.append(factors[start:start + size].reshape(jnp.shape(leaf))
+               .astype(jnp.float32))
+    start += size
+  return jax.tree.unflatten(treedef, out)
+
+
+def point_signal_norms(collection_grads: Any) -> jax.Array:
+  """:func:`signal_norms` of the gradient with respect to the collection.
+
+  Returns float32[P] in the collection's leaf order (see
+  :class:`AmplificationPoint`).
+  """
+  leaves = jax.tree.leaves(collection_grads)
+  if not leaves:
+    return jnp.zeros((0,), jnp.float32)
+  return signal_norms(jnp.concatenate([jnp.reshape(l, -1) for l in leaves]))
