@@ -4,7 +4,7 @@
     python -m experiments.quickstart --dataset=folder:PATH --epochs=2
 
 Trains the same small model with plain SGD, SGD at the matched learning
-rate (``lr * alpha * beta``, GAF's slope at 0, see docs/methods.md), SGD+GAF,
+rate (``lr * alpha * beta``, GAF's slope at 0, see docs/methods/gaf.md), SGD+GAF,
 Adam, Adam+GAF, GAAF and ANAct activations, and gradient amplification,
 for several seeds, through the library's training system
 (``gaf_optax.training.Trainer.from_config(config).fit()``, the path of

@@ -11,7 +11,7 @@ One command for one accelerator. Every arm is a
 training images, evaluated on all 10,000 test images after each epoch:
 
 ======================  =====================================================
-arm                     what (GAF: docs/methods.md; SGD 0.9, lr 0.1, coupled
+arm                     what (GAF: docs/methods/gaf.md; SGD 0.9, lr 0.1, coupled
                         weight decay 5e-4, cosine decay, batch 256)
 ======================  =====================================================
 ``sgd``                 SGD, the papers' baseline

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 # (alpha, beta) pairs of the GAF authors' final CIFAR sweeps and ImageNet runs
-# (docs/methods.md, GAF). Both have slope alpha * beta = 2 at 0.
+# (docs/methods/gaf.md). Both have slope alpha * beta = 2 at 0.
 GAF_PAPER_PAIRS = ((0.1, 20.0), (0.2, 10.0))
 # The official code's clipping baselines: clip-by-norm at the arctan bound
 # 0.1*pi/2 and clip-by-value at 0.01*pi/2.
@@ -46,7 +46,7 @@ def set_gaf_variant(c, variant: Sequence[str], usage: str) -> str:
     variant: ``[ALPHA, BETA]`` for GAF (``sgd_gaf``: SGD_atanMom, arctan on
       the momentum output, as the official presets), or one field:
       ``sgd`` (plain SGD at the paper's rate), ``sgd_matched`` (plain SGD at
-      rate * alpha * beta = 2x, the fair baseline (docs/methods.md): near 0
+      rate * alpha * beta = 2x, the fair baseline (docs/methods/gaf.md): near 0
       arctan is linear with slope alpha * beta), ``clip_norm`` or
       ``clip_value`` (the official code's clipping baselines).
     usage: the config's usage line, for error messages.

@@ -18,7 +18,7 @@ Config string ``MODEL,DATASET,VARIANT``:
   - ``sgd``: the same run without amplification.
   - ``sgd_matched``: no amplification, lr multiplied by the factor (0.2):
     with BatchNorm, amplification acts mostly as a larger effective learning
-    rate, so this is the fair baseline (docs/methods.md). Its lr is set
+    rate, so this is the fair baseline (docs/methods/amplification.md). Its lr is set
     when the config is built; with another ``--config.amplification.factor``
     set ``--config.learning_rate`` to match.
 

@@ -17,7 +17,7 @@ Config string ``MODEL,DATASET,VARIANT``:
   the fair baseline), ``clip_norm`` (0.1*pi/2) or ``clip_value``
   (0.01*pi/2).
 
-Setup (from the official code, docs/methods.md, GAF): SGD momentum 0.9,
+Setup (from the official code, docs/methods/gaf.md): SGD momentum 0.9,
 batch 256, lr 0.1, coupled weight decay 5e-4 on all parameters, 1 warm-up
 epoch then cosine annealing to 0 over 200 epochs, random crop 32 with
 padding 4 + horizontal flip. The paper's metric is the best test top-1

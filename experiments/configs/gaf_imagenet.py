@@ -15,7 +15,7 @@ Config string ``MODEL,VARIANT``:
   ``sgd_matched`` (lr 0.4 = 0.2 * alpha * beta), ``clip_norm``,
   ``clip_value``.
 
-Setup (from the official code, docs/methods.md, GAF): 150 epochs, 5 linear
+Setup (from the official code, docs/methods/gaf.md): 150 epochs, 5 linear
 warm-up epochs then cosine, lr 0.2 for a global batch of 1024 (8 x 128),
 SGD momentum 0.9, weight decay 4e-5 on kernels only (no decay on BatchNorm
 or biases); Inception random-resized crop 224 + flip for training, resize 256

@@ -119,7 +119,7 @@ class Study:
   optimizer: str = "sgd"
 
 
-# lambda of ANAct(swish) for y ~ N(0, 1) (docs/methods.md, ANAct): the init
+# lambda of ANAct(swish) for y ~ N(0, 1) (docs/methods/anact.md): the init
 # scale lambda**2 folds a fixed lambda into the weights (the static match).
 _SWISH_LAMBDA = 1.650
 

@@ -5,7 +5,7 @@
 
 The intelligent-amplification paper (Basodi et al. 2023) reports its gains
 "notably at higher learning rates", and with BatchNorm an amplified backward
-pass acts much like a larger learning rate (docs/methods.md). This
+pass acts much like a larger learning rate (docs/methods/amplification.md). This
 study sweeps the learning rate and puts every amplified run next to SGD at
 ``lr * factor``. Network and data: the ResNet-8 of study 1
 (``gaf_optax.models.ResNet8``, trained by ``Trainer.fit``; amplification

@@ -4,7 +4,7 @@
         [--seeds N] [--out DIR] [--model resnet8|resnet20] [--train-size N]
         [--test-size N] [--epochs E]
 
-The official GAF setup (docs/methods.md, GAF: SGD momentum 0.9, lr 0.1,
+The official GAF setup (docs/methods/gaf.md: SGD momentum 0.9, lr 0.1,
 batch 128-256, coupled weight decay 5e-4 on every parameter, cosine decay,
 random crop with padding 4 + flip, alpha/beta = 0.1/20), shrunk to fit about
 half an hour on a 2-core CPU: a ResNet-8 (the CIFAR ResNet of He et al. with
@@ -20,7 +20,7 @@ seed):
 
 - ``sgd``: SGD(0.1), the paper's baseline;
 - ``sgd_matched``: SGD(0.2) = SGD(lr * alpha * beta), GAF's slope at 0 (the
-  fair control docs/methods.md explains; not in the paper);
+  fair control docs/methods/gaf.md explains; not in the paper);
 - ``clip_norm`` / ``clip_value``: the official code's clipping baselines
   (global norm 0.1*pi/2, value 0.01*pi/2) before SGD(0.1);
 - ``sgd_gaf``: ``gaf_optax.sgd_gaf(0.1, alpha=0.1, beta=20)`` =

@@ -2,7 +2,7 @@
 
     python -m experiments.studies.theory [--smoke] [--seeds N] [--out DIR]
 
-docs/methods.md, GAF: the GAF paper (Liu et al., arXiv:2107.04228) proves,
+docs/methods/gaf.md: the GAF paper (Liu et al., arXiv:2107.04228) proves,
 under assumptions, faster convergence than SGD and relief of
 ill-conditioning and of saddle points; and near 0 ``alpha*atan(beta*g)`` is
 linear with slope ``alpha*beta``, so GAF at ``lr`` acts like GD at
@@ -329,7 +329,7 @@ def report(cfg: Config, seeds, quad, saddle, command: str,
       f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` draws the start)  ",
       f"Wall time: {seconds:.0f} s (CPU)",
       "",
-      "Claims tested (docs/methods.md, GAF; Liu et al. arXiv:2107.04228): "
+      "Claims tested (docs/methods/gaf.md; Liu et al. arXiv:2107.04228): "
       "GAF converges faster than GD and relieves ill-conditioning and saddle "
       "points; and near 0 GAF with lr acts like GD with lr*alpha*beta. Full "
       "(deterministic) gradients; every arm uses the same grid of lr*L "

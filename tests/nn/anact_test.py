@@ -10,7 +10,7 @@ from gaf_optax import nn as gnn
 
 Y = jax.random.normal(jax.random.key(0), (1_000_000,))
 
-# Geometric lambda for y ~ N(0, 1), docs/methods.md, ANAct.
+# Geometric lambda for y ~ N(0, 1), docs/methods/anact.md.
 CLOSED_FORM = {"relu": (nn.relu, 1.414), "swish": (nn.swish, 1.650),
                "tanh": (jnp.tanh, 1.529), "gelu": (nn.gelu, 1.507),
                "sigmoid": (nn.sigmoid, 2.95)}

@@ -465,7 +465,7 @@ def _train_mlp(amplified, *, depth=12, width=32, steps=300, lr=0.01, seed=0):
   every layer's gradient is small and the baseline is slow at this learning
   rate. Points after every hidden layer, the "cv" selection with a median
   threshold (half the points from epoch 1) and factor 2 give the layers
-  below the selected points a larger, compounding gradient. As docs/methods.md
+  below the selected points a larger, compounding gradient. As docs/methods/amplification.md
   cautions, part of this is a larger effective learning rate; the
   experiments compare against SGD at a matched learning rate, this test
   only checks that the mechanism takes effect in training.
