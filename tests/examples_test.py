@@ -1,5 +1,10 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and the documentation run as written.
 
+An example is the first python code block after a ``<!-- test:NAME -->``
+marker in README.md or a page under docs/.
+"""
+
+import glob
 import os
 import re
 
@@ -7,8 +12,13 @@ REPO = os.path.dirname(os.path.dirname(__file__))
 
 
 def _block(marker: str) -> str:
-  text = open(os.path.join(REPO, "README.md")).read()
-  after = text.split(f"<!-- {marker} -->", 1)[1]
+  pages = [os.path.join(REPO, "README.md")] + sorted(
+      p for p in glob.glob(os.path.join(REPO, "docs", "**", "*.md"),
+                           recursive=True) if "_build" not in p)
+  found = [open(p).read() for p in pages
+           if f"<!-- {marker} -->" in open(p).read()]
+  assert len(found) == 1, f"marker {marker} in {len(found)} pages"
+  after = found[0].split(f"<!-- {marker} -->", 1)[1]
   return re.search(r"```python\n(.*?)```", after, re.S).group(1)
 
 
