@@ -261,8 +261,8 @@ def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
 
   Returns:
     ``(y, new_stored, stats)``: the output, the lambda to store after this
-    call, and the batch's ``rho``, ``rho_prime`` and ``lambda`` (None, as
-    is the stored value's change, when not training).
+    call, and the batch's ``rho``, ``rho_prime`` and ``lambda``. When not
+    training, ``new_stored`` is ``stored`` and ``stats`` is None.
   """
   if not train:
     return cfg.activation(x) * stored.astype(x.dtype), stored, None

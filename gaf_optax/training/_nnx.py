@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gaf_optax import models
 from gaf_optax.nnx import AmplificationFactors
 from gaf_optax.nnx import num_amplification_points
 from gaf_optax.nnx import set_amplification_factors
@@ -68,14 +69,13 @@ class NNXFunctional:
   """
 
   def __init__(self, module: nnx.Module):
-    from gaf_optax.models import NNXModel  # models import nnx, not training
     self.module_type = type(module)
     self.num_amplification_points = num_amplification_points(module)
     (self._graphdef, self._params, self._factors, self._rngs, self._stats,
      self._other) = nnx.split(module, nnx.Param, AmplificationFactors,
                               nnx.RngState, nnx.BatchStat, ...)
     # The bridge's attribute holds every Linen variable: drop that level.
-    self._prefix = "linen" if isinstance(module, NNXModel) else None
+    self._prefix = "linen" if isinstance(module, models.NNXModel) else None
 
   def _strip(self, pure: dict) -> dict:
     if self._prefix is None:
@@ -146,7 +146,7 @@ class NNXFunctional:
     updates = {}
     for name, state in ((_STATS, stats), (_OTHER, other)):
       pure = self._strip(nnx.to_pure_dict(state))
-      if pure and name in mutable:
+      if pure and (mutable is True or name in mutable):
         updates[name] = pure
     return y, updates
 
