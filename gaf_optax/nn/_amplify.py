@@ -191,7 +191,8 @@ def set_point_factors(collection: Any, factors: jax.Array) -> Any:
 
   Args:
     collection: ``variables["amplification"]`` of a model with
-      :class:`AmplificationPoint` s.
+      :class:`AmplificationPoint` s (or any tree of factor arrays; the NNX
+      points use it on their variables' values too).
     factors: float32[P], one per point in the collection's leaf order
       (what :func:`gaf_optax.amplification_factors` returns).
 
@@ -207,7 +208,7 @@ def set_point_factors(collection: Any, factors: jax.Array) -> Any:
   if factors.shape != (sum(sizes),):
     raise ValueError(
         f"factors must have shape ({sum(sizes)},), one entry per "
-        f"amplification point of the collection; got {factors.shape}.")
+        f"amplification point; got {factors.shape}.")
   out, start = [], 0
   for leaf, size in zip(leaves, sizes):
     out.append(factors[start:start + size].reshape(jnp.shape(leaf))

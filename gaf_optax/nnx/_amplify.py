@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaf_optax.nn import amplify
-from gaf_optax.nn import signal_norms
+from gaf_optax.nn import point_signal_norms
+from gaf_optax.nn import set_point_factors
 
 __all__ = [
     "AmplificationFactors",
@@ -89,8 +90,7 @@ def _factor_leaves(tree) -> list[jax.Array]:
 
 def num_amplification_points(model: nnx.Module) -> int:
   """How many amplification points ``model`` holds (see the numbering)."""
-  return sum(math.prod(jnp.shape(leaf) if not hasattr(leaf, "shape")
-                       else leaf.shape) for leaf in _factor_leaves(model))
+  return sum(math.prod(leaf.shape) for leaf in _factor_leaves(model))
 
 
 def set_amplification_factors(model: nnx.Module, factors: jax.Array) -> None:
@@ -103,20 +103,8 @@ def set_amplification_factors(model: nnx.Module, factors: jax.Array) -> None:
     ValueError: if ``factors`` does not hold one entry per point.
   """
   state = nnx.state(model, AmplificationFactors)
-  values, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
-  total = sum(math.prod(jnp.shape(v)) for v in values)
-  factors = jnp.asarray(factors)
-  if factors.shape != (total,):
-    raise ValueError(
-        f"factors must have shape ({total},), one entry per amplification "
-        f"point of the model; got {factors.shape}.")
-  start, new = 0, []
-  for value in values:
-    size = math.prod(jnp.shape(value))
-    new.append(factors[start:start + size].reshape(jnp.shape(value))
-               .astype(jnp.float32))
-    start += size
-  nnx.replace_by_pure_dict(state, jax.tree.unflatten(treedef, new))
+  nnx.replace_by_pure_dict(
+      state, set_point_factors(nnx.to_pure_dict(state), factors))
   nnx.update(model, state)
 
 
@@ -132,8 +120,4 @@ def amplification_signal_norms(grads) -> jax.Array:
     float32[P], the ``layer_stats`` that
     :func:`gaf_optax.gradient_amplification` takes, in point order.
   """
-  leaves = _factor_leaves(grads)
-  if not leaves:
-    return jnp.zeros((0,), jnp.float32)
-  return signal_norms(jnp.concatenate([jnp.reshape(leaf, -1)
-                                       for leaf in leaves]))
+  return point_signal_norms(_factor_leaves(grads))
