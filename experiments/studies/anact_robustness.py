@@ -66,9 +66,13 @@ from gaf_optax import training
 
 MODULE = "experiments.studies.anact_robustness"
 DEFAULT_OUT = common.results_dir("anact_robustness")
+# The rules as they were (the gain fully in the backward pass,
+# backward_exponent=1) and the default since (half of it in log terms).
 ARMS = {"relu": nn.relu,
-        "batch_rule": functools.partial(gnn.NReLU, rule="batch"),
-        "running_rule": gnn.NReLU}
+        "batch_rule": functools.partial(gnn.NReLU, rule="batch",
+                                        backward_exponent=1.0),
+        "running_rule": functools.partial(gnn.NReLU, backward_exponent=1.0),
+        "half_backward": gnn.NReLU}
 CHANCE_LIMIT = 0.2  # final test accuracy below this: collapsed (10 classes)
 
 
@@ -140,7 +144,8 @@ def run_mechanism(setting: Mechanism, rule: str,
   """
   ds = data.get(setting.dataset)
   model = models.MLP(features=(setting.width,) * setting.depth,
-                     act=functools.partial(gnn.NReLU, rule=rule))
+                     act=functools.partial(gnn.NReLU, rule=rule,
+                                           backward_exponent=1.0))
   tx = optax.chain(optax.add_decayed_weights(setting.weight_decay),
                    optax.sgd(setting.lr, momentum=0.9))
   epochs = -(-setting.steps // data.steps_per_epoch(ds, setting.batch_size))
@@ -264,7 +269,8 @@ def load(name: str, setting: Grid, cifar: str | None,
 
 
 def run_grid(setting: Grid, seeds, cifar: str | None, data_dir=None,
-             fast_compile=False, log=print, save=None) -> dict:
+             fast_compile=False, log=print, save=None,
+             arms: tuple[str, ...] = tuple(ARMS)) -> dict:
   """``{dataset: {depth: {"sgd@0.01": {arm: {...}}}}}``: per seed, final
   test accuracy and whether the last epoch's train loss is finite.
 
@@ -280,7 +286,8 @@ def run_grid(setting: Grid, seeds, cifar: str | None, data_dir=None,
       results[name][depth] = {}
       for opt, lr in setting.optimizers():
         cell = {}
-        for arm, act in ARMS.items():
+        for arm in arms:
+          act = ARMS[arm]
           model = models.MLP(features=(setting.width,) * depth, act=act)
           h = common.fit_mlp_seeds(model, _tx(opt, lr), seeds, ds=ds,
                                    epochs=epochs,
@@ -375,15 +382,38 @@ def reused_run(directory: str) -> str:
 
 
 def load_partial(directory: str) -> dict:
-  """Part-B results written by another run (``grid_partial.json``)."""
-  with open(os.path.join(directory, "grid_partial.json")) as f:
-    raw = json.load(f)
+  """Part-B results written by another run: its ``grid_partial.json`` or,
+  when that is absent, the ``grid`` of its ``results.json``."""
+  partial = os.path.join(directory, "grid_partial.json")
+  if os.path.exists(partial):
+    with open(partial) as f:
+      raw = json.load(f)
+  else:
+    with open(os.path.join(directory, "results.json")) as f:
+      raw = json.load(f)["grid"]
   return {name: {int(depth): {opt: {arm: {k: np.asarray(v) for k, v in
                                           res.items()}
                                     for arm, res in cell.items()}
                               for opt, cell in by_opt.items()}
                  for depth, by_opt in by_depth.items()}
           for name, by_depth in raw.items()}
+
+
+def _has_arms(by_depth: dict | None, arms: set[str]) -> bool:
+  """Whether every cell of one dataset's results has these arms."""
+  if by_depth is None:
+    return not arms
+  return all(arms <= set(cell) for by_opt in by_depth.values()
+             for cell in by_opt.values())
+
+
+def _merge(old: dict | None, new: dict | None) -> dict:
+  """One dataset's cells: ``new``'s arms over ``old``'s."""
+  if old is None or new is None:
+    return new if old is None else old
+  return {depth: {opt: {**old[depth][opt], **cell}
+                  for opt, cell in by_opt.items()}
+          for depth, by_opt in new.items()}
 
 
 # --------------------------------------------------------------------------
@@ -424,7 +454,8 @@ def report_control(setting: Control, control: dict, grid: dict
         cell = grid.get(name, {}).get(depth, {}).get(f"sgd@{lr:g}")
         rows.append([name, str(depth), f"{lr:g}"] + (
             [common.mean_std(100 * cell[a]["test_accuracy"], 1)
-             for a in ("relu", "running_rule")] if cell else ["-", "-"])
+             for a in ("relu", "running_rule", "half_backward")
+             if a in cell] if cell else ["-", "-", "-"])
                     + [common.mean_std(100 * acc, 1)])
   return ["## C. Control: the gain in the weights", "",
           "ReLU MLPs with He init (twice LeCun's variance): at "
@@ -434,7 +465,8 @@ def report_control(setting: Control, control: dict, grid: dict
           "test accuracy % (mean +- std over seeds, collapsed runs "
           "included).", ""] + common.table(
               ["dataset", "depth", "lr", "ReLU (LeCun)",
-               "NReLU running rule", "ReLU (He init)"], rows) + [""]
+               "NReLU running rule", "NReLU half backward",
+               "ReLU (He init)"], rows) + [""]
 
 
 def main(argv=None) -> dict:
@@ -447,7 +479,11 @@ def main(argv=None) -> dict:
                       help="comma-separated part-B datasets (default: all)")
   parser.add_argument("--reuse", default=None,
                       help="comma-separated output directories whose part-B "
-                      "results to reuse")
+                      "results to reuse (per arm: arms --arms computes are "
+                      "taken from this run)")
+  parser.add_argument("--arms", default=",".join(ARMS),
+                      help="comma-separated part-B arms to compute "
+                      f"(default: all of {list(ARMS)})")
   args = parser.parse_args(argv)
   mech_setting = SMOKE_MECHANISM if args.smoke else MECHANISM
   grid_setting = SMOKE_GRID if args.smoke else GRID
@@ -460,7 +496,18 @@ def main(argv=None) -> dict:
     if unknown:
       parser.error(f"--datasets: unknown {unknown}; known: {GRID.datasets}")
     grid_setting = dataclasses.replace(grid_setting, datasets=names)
-  todo = tuple(n for n in grid_setting.datasets if n not in reused)
+  arms = tuple(a for a in args.arms.split(",") if a)
+  unknown_arms = sorted(set(arms) - set(ARMS))
+  if unknown_arms:
+    parser.error(f"--arms: unknown {unknown_arms}; known: {list(ARMS)}")
+  # A dataset is computed (the arms in --arms) unless a reused run has all
+  # of its arms; the arms not computed come from the reused runs.
+  todo = tuple(n for n in grid_setting.datasets
+               if not _has_arms(reused.get(n), set(ARMS)))
+  for name in todo:
+    if not _has_arms(reused.get(name), set(ARMS) - set(arms)):
+      parser.error(f"--arms {','.join(arms)} leaves out arms that no --reuse "
+                   f"run has for dataset {name!r}; arms: {list(ARMS)}")
   if not args.skip_grid and "cifar" in todo:
     common.require_data(parser, args)
   seeds = tuple(range(args.seeds))
@@ -472,7 +519,7 @@ def main(argv=None) -> dict:
             for rule in ("batch", "running")}
     plot_mechanism(mech, mech_setting,
                    os.path.join(args.out, "mechanism.png"))
-  lines = ["# Study 7: ANAct's batch rule vs its running rule", "",
+  lines = ["# Study 7: ANAct's rules, and how robust they are", "",
            f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (part B; seed s keys initialization and "
            "batch order, the same for every arm)  ",
@@ -487,10 +534,10 @@ def main(argv=None) -> dict:
     # XLA's fast-compile options: compiling dominates these small runs.
     computed = run_grid(
         dataclasses.replace(grid_setting, datasets=todo), seeds, args.data,
-        args.data_dir, fast_compile=True,
+        args.data_dir, fast_compile=True, arms=arms,
         save=lambda g: common.write_json(
             os.path.join(args.out, "grid_partial.json"), g))
-    grid = {n: (reused[n] if n in reused else computed[n])
+    grid = {n: _merge(reused.get(n), computed.get(n))
             for n in grid_setting.datasets if n in reused or n in computed}
     lines += report_grid(grid_setting, grid, time.time() - t1, seeds)
     control = run_control(SMOKE_CONTROL if args.smoke else CONTROL,

@@ -26,6 +26,19 @@ everything below is OUR RECONSTRUCTION, not the paper's formula:
   and evaluates with its moving average (as ``flax.linen.BatchNorm`` does);
   it can kill a network that the plain activation trains (issue "ANAct must
   not kill a network", ``experiments/studies/anact_robustness.py``);
+- how much of lambda the backward pass carries, ``backward_exponent``: the
+  output is ``lambda * f(y)`` and its gradient is taken as
+  ``lambda**backward_exponent * f'(y)`` times the incoming one. The default,
+  0.5, is our choice: with the whole gain in the backward pass (1, the
+  derivative of ``lambda * f``), the kernel that feeds ANAct takes steps
+  about ``lambda**2`` times larger relative to its weights than a plain net
+  of the same function with the gain in its initialization (He init for
+  ReLU), and deep nets without normalization collapsed under SGD at
+  learning rates the plain activation trains at; with none of it (0), the
+  gradients vanish with depth as the plain activation's do and the deep
+  Swish MLP of study 4 no longer trains well. So the gradient is not the
+  derivative of the forward function unless ``backward_exponent=1``
+  (``experiments/studies/anact_robustness.py`` measures the three);
 - ``eps`` in both gains keeps an all-zero or constant batch finite.
 
 For ``y ~ N(0, 1)`` the geometric lambdas are: ReLU 1.414, Swish 1.650,
@@ -34,6 +47,7 @@ tanh 1.529, GELU 1.507, sigmoid 2.95.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -159,13 +173,20 @@ class ANAct(nn.Module):
     ``experiments/studies/anact_robustness.py``). It does not keep deep
     nets without normalization stable under SGD at learning rates that the
     plain activation survives only because its gains vanish: with the gain
-    in the activation, a step is about ``lambda**2`` times larger relative
-    to the weights than in a He-initialized net of the same function. Use
-    a smaller learning rate there.
+    in the activation and in its derivative, a step is about ``lambda**2``
+    times larger relative to the weights than in a He-initialized net of
+    the same function. Hence ``backward_exponent``.
   * ``rule="batch"``: the earlier reconstruction, kept to compare with:
     training uses the batch's lambda, evaluation an exponential moving
     average of it that starts at 1. Unbounded; it can collapse a network
     that the plain activation trains.
+
+  ``backward_exponent`` (default 0.5, our choice; both rules): the backward
+  pass multiplies the incoming gradient by ``lambda**backward_exponent *
+  f'(x)``, not by the ``lambda * f'(x)`` of the forward function. The rules
+  of earlier versions are ``backward_exponent=1``. Half the gain (in log
+  terms) in the backward pass keeps most of what the full gain does for
+  deep nets (study 4) without the steps that collapsed them (study 7).
 
   Attributes:
     activation: the elementwise activation (default Swish).
@@ -178,6 +199,8 @@ class ANAct(nn.Module):
       ``lambda_0 / lambda``, > 1.
     max_step: ``running`` rule: the largest change of ``log lambda`` in one
       step, > 0.
+    backward_exponent: the power of lambda in the backward pass, in
+      ``[0, 1]`` (1: the derivative of ``lambda * f``).
     use_running_average: default for the call argument.
 
   Example:
@@ -203,6 +226,7 @@ class ANAct(nn.Module):
   rule: Literal["running", "batch"] = "running"
   max_ratio: float = 1.5
   max_step: float = 0.001
+  backward_exponent: float = 0.5
   use_running_average: bool | None = None
 
   @nn.compact
@@ -241,6 +265,11 @@ def check_config(cfg) -> None:
         f"max_ratio must be greater than 1; got {cfg.max_ratio!r}.")
   if not cfg.max_step > 0.0:
     raise ValueError(f"max_step must be positive; got {cfg.max_step!r}.")
+  exponent = cfg.backward_exponent
+  if (isinstance(exponent, bool) or not isinstance(exponent, (int, float))
+      or not 0.0 <= exponent <= 1.0):
+    raise ValueError("backward_exponent must be a number in [0, 1]; got "
+                     f"{exponent!r}.")
 
 
 def initial_lambda(cfg, shape: tuple[int, ...]) -> jax.Array:
@@ -265,7 +294,7 @@ def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
     training, ``new_stored`` is ``stored`` and ``stats`` is None.
   """
   if not train:
-    return cfg.activation(x) * stored.astype(x.dtype), stored, None
+    return _gained(cfg, x, stored), stored, None
   axes = tuple(range(x.ndim - 1)) if cfg.per_channel else None
   lam_batch, rho, rho_prime = anact_lambda(
       cfg.activation, x, mode=cfg.mode, axes=axes, epsilon=cfg.epsilon)
@@ -281,7 +310,36 @@ def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
   else:
     lam = lam_batch
     new_stored = cfg.momentum * stored + (1.0 - cfg.momentum) * lam_batch
-  return cfg.activation(x) * lam.astype(x.dtype), new_stored, stats
+  return _gained(cfg, x, lam), new_stored, stats
+
+
+def _gained(cfg, x: jax.Array, lam: jax.Array) -> jax.Array:
+  """``lam * f(x)``, whose gradient carries ``lam ** backward_exponent``."""
+  lam = jax.lax.stop_gradient(lam).astype(x.dtype)
+  return _scale_backward(cfg.activation(x), lam,
+                         float(cfg.backward_exponent))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _scale_backward(fx: jax.Array, lam: jax.Array, exponent: float):
+  """``lam * fx`` forward; the cotangent of ``fx`` is ``lam**exponent``
+  times the incoming one, so the gain acts in the backward pass only to
+  that power (1: the derivative of ``lam * fx``; 0: none of it)."""
+  del exponent
+  return fx * lam
+
+
+def _scale_backward_fwd(fx, lam, exponent):
+  del exponent
+  return fx * lam, lam
+
+
+def _scale_backward_bwd(exponent, lam, ct):
+  gain = lam if exponent == 1.0 else lam ** jnp.asarray(exponent, lam.dtype)
+  return ct * gain, jnp.zeros_like(lam)
+
+
+_scale_backward.defvjp(_scale_backward_fwd, _scale_backward_bwd)
 
 
 class NSwish(ANAct):

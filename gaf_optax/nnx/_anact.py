@@ -46,6 +46,8 @@ class ANAct(nnx.Module):
     max_ratio: ``running`` rule: the bound on ``lambda / lambda_0``, > 1.
     max_step: ``running`` rule: the largest change of ``log lambda`` in one
       step, > 0.
+    backward_exponent: the power of lambda in the backward pass, in
+      ``[0, 1]`` (default 0.5; 1 is the derivative of ``lambda * f``).
     use_running_average: evaluation mode (use the stored lambda as it is).
 
   Example:
@@ -69,6 +71,7 @@ class ANAct(nnx.Module):
                per_channel: bool = False, epsilon: float = 1e-5,
                rule: Literal["running", "batch"] = "running",
                max_ratio: float = 1.5, max_step: float = 0.001,
+               backward_exponent: float = 0.5,
                use_running_average: bool = False):
     self.activation = activation
     self.mode = mode
@@ -78,6 +81,7 @@ class ANAct(nnx.Module):
     self.rule = rule
     self.max_ratio = max_ratio
     self.max_step = max_step
+    self.backward_exponent = backward_exponent
     self.use_running_average = use_running_average
     _anact.check_config(self)
     if per_channel:

@@ -138,13 +138,25 @@ def test_running_rule_on_a_dead_layer_stays_finite_and_bounded():
     np.testing.assert_allclose(used, expected, rtol=1e-5)
 
 
-def test_no_gradient_through_lambda():
+@pytest.mark.parametrize("exponent", [1.0, 0.5, 0.0])
+def test_no_gradient_through_lambda_and_the_backward_exponent(exponent):
+  # The output is lambda * f(x) whatever the exponent; its gradient carries
+  # lambda**exponent (1: the true derivative, with lambda a constant).
   x = jax.random.normal(jax.random.key(2), (256,))
-  module = gnn.NTanh(rule="batch")
+  module = gnn.NTanh(rule="batch", backward_exponent=exponent)
   variables = module.init(jax.random.key(0), x, use_running_average=False)
   lam, _, _ = gnn.anact_lambda(jnp.tanh, x)
+  y = _apply(module, variables, x, True)[0]
+  np.testing.assert_array_equal(y, jnp.tanh(x) * lam)
   grad = jax.grad(lambda v: _apply(module, variables, v, True)[0].sum())(x)
-  np.testing.assert_allclose(grad, lam * (1 - jnp.tanh(x) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(grad, lam**exponent * (1 - jnp.tanh(x) ** 2),
+                             rtol=1e-5)
+  # Evaluation too, with the stored lambda.
+  stored = variables["batch_stats"]["lambda"] * 1.7
+  ev = {"batch_stats": {"lambda": stored}}
+  grad = jax.grad(lambda v: _apply(module, ev, v, False)[0].sum())(x)
+  np.testing.assert_allclose(grad, stored**exponent * (1 - jnp.tanh(x) ** 2),
+                             rtol=1e-5)
 
 
 def test_per_channel_shape_and_values():
@@ -200,6 +212,9 @@ def test_jit_and_bf16(rule):
     (dict(rule="ema"), "rule must be one of"),
     (dict(max_ratio=1.0), "max_ratio must be greater than 1"),
     (dict(max_step=0.0), "max_step must be positive"),
+    (dict(backward_exponent=1.5), r"backward_exponent must be a number in "
+     r"\[0, 1\]; got 1.5"),
+    (dict(backward_exponent="half"), "backward_exponent must be a number"),
 ])
 def test_bad_input(kwargs, match):
   with pytest.raises(ValueError, match=match):

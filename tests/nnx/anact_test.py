@@ -91,6 +91,7 @@ def test_lambda_is_a_batch_stat_that_an_optimizer_leaves_alone():
     (dict(momentum=1.0), "momentum must be in"),
     (dict(max_ratio=1.0), "max_ratio must be greater than 1"),
     (dict(max_step=0.0), "max_step must be positive"),
+    (dict(backward_exponent=-0.5), "backward_exponent must be a number in"),
 ])
 def test_bad_arguments(kwargs, match):
   num_features = kwargs.pop("num_features", None)
@@ -102,3 +103,16 @@ def test_wrong_channel_count_is_an_error():
   mod = gnnx.NSwish(4, per_channel=True)
   with pytest.raises(ValueError, match="num_features=4"):
     mod(BATCHES[0])
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0])
+def test_backward_exponent_as_in_linen(exponent):
+  x = jax.random.normal(jax.random.key(3), (128, 4))
+  act = gnnx.NSwish(backward_exponent=exponent)
+  act.eval()
+  lam = act.lam[...]
+  grad = jax.grad(lambda v: jnp.sum(act(v)))(x)
+  swish_grad = jax.grad(lambda v: jnp.sum(jax.nn.swish(v)))(x)
+  np.testing.assert_allclose(grad, lam**exponent * swish_grad, rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_array_equal(act(x), jax.nn.swish(x) * lam)
