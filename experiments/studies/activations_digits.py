@@ -65,9 +65,11 @@ class Arm:
       return functools.partial(GAAF[self.activation],
                                amplitude=self.amplitude)
     if self.method == "anact":
+      # backward_exponent=1: the form these results were measured with
+      # (the whole gain in the backward pass; the default is 0.5 since).
       return functools.partial(gnn.ANAct,
                                activation=ACTIVATIONS[self.activation],
-                               momentum=self.momentum)
+                               momentum=self.momentum, backward_exponent=1.0)
     raise ValueError(f"unknown method {self.method!r}")
 
 

@@ -545,9 +545,12 @@ def main(argv=None) -> dict:
     lines += report_control(SMOKE_CONTROL if args.smoke else CONTROL,
                             control, grid)
     if reused:
-      lines += [f"Part B results of {sorted(reused)} were computed by "
-                f"other runs of this module (`--reuse {args.reuse}`); the "
-                "wall time above is this run's. Those runs:", ""]
+      kept = [a for a in ARMS if a not in arms]
+      lines += [f"Part B: this run computed the arms {list(arms)} of "
+                f"{sorted(todo)}; the other results ({kept} there, every "
+                f"arm of {sorted(set(grid) - set(todo))}) come from other "
+                f"runs of this module (`--reuse {args.reuse}`); the wall "
+                "time above is this run's. Those runs:", ""]
       lines += [f"- {reused_run(d)}" for d in args.reuse.split(",")] + [""]
   lines.insert(4, f"Total wall time: {time.time() - t0:.0f} s (CPU)  ")
   text = "\n".join(lines)

@@ -121,7 +121,9 @@ def build_model(setting: Setting, arm: str) -> nn.Module:
   if arm == "gaaf":
     act = GAAF[setting.activation]
   elif arm == "anact":
-    act = functools.partial(gnn.ANAct, activation=base)
+    # backward_exponent=1: the form these results were measured with (the
+    # whole gain in the backward pass; the default is 0.5 since).
+    act = functools.partial(gnn.ANAct, activation=base, backward_exponent=1.0)
   else:
     act = base
   if setting.model == "lenet":

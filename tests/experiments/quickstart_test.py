@@ -43,7 +43,8 @@ def test_anact_arm_is_within_the_seed_spread_of_sgd_or_better(dataset,
                                                               tmp_path):
   # Issue "ANAct must not kill a network": with its earlier rule the ANAct
   # arm ended at chance or NaN on 28x28 grey images. At reduced size (3 of
-  # the 8 epochs, 3 seeds); the full-size figures are in
+  # the 8 epochs, 3 seeds); the full-size figures are in the quickstart
+  # section of docs/guides/studies.md, the robustness grid in
   # experiments/results/anact_robustness/results.md.
   results = quickstart.main(["--dataset", dataset, "--epochs", "3",
                              "--seeds", "3", "--arms", "sgd", "anact",
