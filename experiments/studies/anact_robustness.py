@@ -1,19 +1,21 @@
-"""Study 7: why ANAct's batch rule killed networks, and the running rule.
+"""Study 7: why ANAct's batch rule killed networks, and its later rules.
 
     python -m experiments.studies.anact_robustness --data DATASET [--smoke]
         [--seeds N] [--out DIR] [--skip-grid] [--skip-mechanism]
-        [--datasets digits,cifar] [--reuse DIR1,DIR2]
+        [--datasets digits,cifar] [--arms half_backward] [--reuse DIR1,DIR2]
 
-``--datasets`` runs part B on some of its datasets; ``--reuse`` takes the
-part-B results other runs wrote (``DIR/grid_partial.json``) instead of
-computing those datasets again, so part B can be split over processes.
+``--datasets`` runs part B on some of its datasets and ``--arms`` with some
+of its arms; ``--reuse`` takes the part-B results other runs wrote
+(``DIR/grid_partial.json``, else ``DIR/results.json``) for what this run
+does not compute, so part B can be split over processes, or a new arm added
+to earlier results.
 
 Part A, the mechanism: the quickstart's ANAct model and optimizer (a
 4 x 64 NReLU MLP, SGD momentum 0.9, lr 0.02, weight decay 1e-4, batch 64;
 no augmentation) on ``digits28``
 (:func:`gaf_optax.data.digits28`, 28x28 grey), once with the earlier rule
-(``NReLU(rule="batch")``) and once with the running rule (the default,
-``NReLU()``), same seed and batches, through :class:`gaf_optax.training.Trainer`.
+(``NReLU(rule="batch")``) and once with the running rule, both with the
+whole gain in the backward pass (``backward_exponent=1``), same seed and batches, through :class:`gaf_optax.training.Trainer`.
 Recorded at every one of the first steps and per hidden layer: the lambda
 the forward pass used, the batch's ``rho`` and ``rho'``, the pre-activations'
 standard deviation and mean, the share of dead units (no positive
@@ -22,7 +24,9 @@ telemetry). Plot ``mechanism.png``.
 
 Part B, robustness (:meth:`Trainer.fit_seeds`, every seed in one program):
 MLPs of width 64 and depth {4, 10, 20} with ReLU, the batch rule and the
-running rule, on {digits, digits28, shapes28, a CIFAR-10 subset (``--data``,
+running rule (both ``backward_exponent=1``), and the default since, the
+running rule with half the gain in the backward pass (``half_backward``,
+``backward_exponent=0.5``), on {digits, digits28, shapes28, a CIFAR-10 subset (``--data``,
 4,000 train / 2,000 test images, flattened)}, under SGD (momentum 0.9) at
 learning rates {0.003, 0.01, 0.03} and Adam at {3e-4, 1e-3, 3e-3}; batch
 64, no weight decay, no augmentation. ``shapes28`` was not looked at while
