@@ -15,7 +15,8 @@ Part A, the mechanism: the quickstart's ANAct model and optimizer (a
 no augmentation) on ``digits28``
 (:func:`gaf_optax.data.digits28`, 28x28 grey), once with the earlier rule
 (``NReLU(rule="batch")``) and once with the running rule, both with the
-whole gain in the backward pass (``backward_exponent=1``), same seed and batches, through :class:`gaf_optax.training.Trainer`.
+whole gain in the backward pass (``backward_exponent=1``), same seed and
+batches, through :class:`gaf_optax.training.Trainer`.
 Recorded at every one of the first steps and per hidden layer: the lambda
 the forward pass used, the batch's ``rho`` and ``rho'``, the pre-activations'
 standard deviation and mean, the share of dead units (no positive
@@ -26,8 +27,8 @@ Part B, robustness (:meth:`Trainer.fit_seeds`, every seed in one program):
 MLPs of width 64 and depth {4, 10, 20} with ReLU, the batch rule and the
 running rule (both ``backward_exponent=1``), and the default since, the
 running rule with half the gain in the backward pass (``half_backward``,
-``backward_exponent=0.5``), on {digits, digits28, shapes28, a CIFAR-10 subset (``--data``,
-4,000 train / 2,000 test images, flattened)}, under SGD (momentum 0.9) at
+``backward_exponent=0.5``), on {digits, digits28, shapes28, a CIFAR-10
+subset (``--data``, 4,000 train / 2,000 test images, flattened)}, under SGD (momentum 0.9) at
 learning rates {0.003, 0.01, 0.03} and Adam at {3e-4, 1e-3, 3e-3}; batch
 64, no weight decay, no augmentation. ``shapes28`` was not looked at while
 the running rule was designed (digits28 and study 4's digits were). A run
@@ -458,8 +459,9 @@ def report_control(setting: Control, control: dict, grid: dict
         cell = grid.get(name, {}).get(depth, {}).get(f"sgd@{lr:g}")
         rows.append([name, str(depth), f"{lr:g}"] + (
             [common.mean_std(100 * cell[a]["test_accuracy"], 1)
-             for a in ("relu", "running_rule", "half_backward")
-             if a in cell] if cell else ["-", "-", "-"])
+             if a in cell else "-"
+             for a in ("relu", "running_rule", "half_backward")]
+            if cell else ["-", "-", "-"])
                     + [common.mean_std(100 * acc, 1)])
   return ["## C. Control: the gain in the weights", "",
           "ReLU MLPs with He init (twice LeCun's variance): at "

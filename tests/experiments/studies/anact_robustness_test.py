@@ -51,3 +51,29 @@ def test_study_anact_robustness_smoke(tmp_path):
   assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 1))
   (row,) = tables.table_rows(text, "digits")[-1:]
   assert tables.numbers(row[-1])[0] == round(100 * acc.mean(), 1)
+
+
+def test_arms_merge_over_reused_results_and_missing_arms_are_refused():
+  cell = lambda acc: {"test_accuracy": np.array([acc]),
+                      "finite": np.array([True]),
+                      "collapsed": np.array([acc < 0.2])}
+  old = {4: {"sgd@0.01": {"relu": cell(0.9), "half_backward": cell(0.1)}}}
+  new = {4: {"sgd@0.01": {"half_backward": cell(0.8)}}}
+  merged = anact_robustness._merge(old, new)
+  assert set(merged[4]["sgd@0.01"]) == {"relu", "half_backward"}
+  assert merged[4]["sgd@0.01"]["half_backward"]["test_accuracy"][0] == 0.8
+  assert merged[4]["sgd@0.01"]["relu"]["test_accuracy"][0] == 0.9
+  assert anact_robustness._has_arms(old, {"relu"})
+  assert not anact_robustness._has_arms(new, {"relu"})
+  assert anact_robustness._has_arms(None, set())
+
+
+def test_unknown_or_uncovered_arms_are_an_error(tmp_path, capsys):
+  import pytest  # pylint: disable=import-outside-toplevel
+  for argv, msg in (
+      (["--arms", "gelu"], "--arms: unknown ['gelu']"),
+      (["--arms", "half_backward", "--datasets", "digits"],
+       "leaves out arms that no --reuse run has for dataset 'digits'")):
+    with pytest.raises(SystemExit):
+      anact_robustness.main(argv + ["--smoke", "--out", str(tmp_path)])
+    assert msg in capsys.readouterr().err
