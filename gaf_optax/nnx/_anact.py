@@ -43,7 +43,8 @@ class ANAct(nnx.Module):
     per_channel: one lambda per channel of the last axis.
     epsilon: stabilizer in the gains.
     rule: ``"running"`` (default) or ``"batch"``.
-    max_ratio: ``running`` rule: the bound on ``lambda / lambda_0``, > 1.
+    max_ratio: ``running`` rule: the bound on ``lambda / lambda_0``, > 1
+      (default 1.05; see :class:`gaf_optax.nn.ANAct`).
     max_step: ``running`` rule: the largest change of ``log lambda`` in one
       step, > 0.
     backward_exponent: the power of lambda in the backward pass, in
@@ -70,7 +71,7 @@ class ANAct(nnx.Module):
                mode: str = "geometric", momentum: float = 0.99,
                per_channel: bool = False, epsilon: float = 1e-5,
                rule: Literal["running", "batch"] = "running",
-               max_ratio: float = 1.5, max_step: float = 0.001,
+               max_ratio: float = 1.05, max_step: float = 0.001,
                backward_exponent: float = 0.5,
                use_running_average: bool = False):
     self.activation = activation

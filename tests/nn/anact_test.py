@@ -164,7 +164,7 @@ def test_per_channel_shape_and_values():
   x = x - jnp.array([0.0, 0.2, 0.4])  # different lambdas per channel
   for rule in ("batch", "running"):
     module = gnn.NReLU(per_channel=True, momentum=0.5, rule=rule,
-                       max_step=1.0)
+                       max_step=1.0, max_ratio=3.0)
     variables = module.init(jax.random.key(0), x, use_running_average=False)
     assert variables["batch_stats"]["lambda"].shape == (3,)
     _, upd = _apply(module, variables, x, train=True)
@@ -220,3 +220,23 @@ def test_bad_input(kwargs, match):
   with pytest.raises(ValueError, match=match):
     gnn.ANAct(**kwargs).init(jax.random.key(0), jnp.ones((2, 2)),
                              use_running_average=False)
+
+
+@pytest.mark.parametrize("shift, direction", [(-4.0, 1.0), (4.0, -1.0)])
+def test_default_bound_is_five_percent_of_lambda0(shift, direction):
+  # The default since study 7's narrow_bound arm: max_ratio 1.05. With the
+  # default max_step (0.001 in log per step) lambda reaches the bound after
+  # ceil(log(1.05) / 0.001) = 49 steps and stays there.
+  x = jax.random.normal(jax.random.key(5), (1024, 2)) + shift
+  module = gnn.NReLU()
+  assert (module.max_ratio, module.max_step) == (1.05, 0.001)
+  variables = module.init(jax.random.key(0), x, use_running_average=False)
+  lam0 = float(gnn.gaussian_lambda(nn.relu))
+  step = jax.jit(lambda v: _apply(module, v, x, train=True)[1])
+  seen = []
+  for _ in range(60):
+    variables = {"batch_stats": step(variables)["batch_stats"]}
+    seen.append(float(variables["batch_stats"]["lambda"]))
+  np.testing.assert_allclose(seen[47], lam0 * np.exp(direction * 0.048),
+                             rtol=1e-5)
+  np.testing.assert_allclose(seen[48:], lam0 * 1.05**direction, rtol=1e-6)

@@ -21,7 +21,7 @@ BATCHES = [s * jax.random.normal(jax.random.key(i), (256, 6)) + m
 def test_equal_to_linen_over_training_steps_and_in_eval(name, rule,
                                                         per_channel):
   kwargs = dict(rule=rule, per_channel=per_channel, momentum=0.9,
-                max_step=0.05)
+                max_step=0.05, max_ratio=1.5)
   linen = getattr(gnn, name)(**kwargs)
   variables = linen.init(jax.random.key(0), BATCHES[0],
                          use_running_average=True)
