@@ -185,10 +185,11 @@ class ANAct(nn.Module):
     bound at 1.05 none of study 7's 216 runs collapsed. In the settings we
     checked by hand (deep MLPs under SGD and Adam, study 4's deep Swish
     MLP), bounds of 1.02-1.1 and a lambda held at ``lambda_0`` ended within
-    the seed spread of each other: there the gain that matters is
-    ``lambda_0``'s, and the batch statistics are a small correction, not a
-    large one. ``max_ratio`` widens it (``experiments/studies/
-    anact_robustness.py``, ``docs/methods/anact.md``).
+    a few points of each other, none best everywhere: there the gain that
+    matters is ``lambda_0``'s, and the batch statistics are a small
+    correction, not a large one. A larger ``max_ratio`` lets them move
+    lambda further (study 7: ``experiments/studies/anact_robustness.py``;
+    ``docs/methods/anact.md``).
   * ``rule="batch"``: the earlier reconstruction, kept to compare with:
     training uses the batch's lambda, evaluation an exponential moving
     average of it that starts at 1. Unbounded; it can collapse a network
