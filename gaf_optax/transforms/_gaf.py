@@ -101,7 +101,9 @@ def _newton_reciprocal(a: jax.Array) -> jax.Array:
   return r
 
 
-def _arctan_f32(x: jax.Array, newton: bool) -> jax.Array:
+def _arctan_f32(x: jax.Array, newton: bool, signed: bool = True
+                ) -> jax.Array:
+  """`fast_arctan`'s arithmetic; ``signed=False`` is for ``x >= 0`` only."""
   x = jnp.asarray(x)
   if x.dtype == jnp.float64:
     return jnp.arctan(x)
@@ -119,7 +121,7 @@ def _arctan_f32(x: jax.Array, newton: bool) -> jax.Array:
     p = p * z + jnp.float32(c)
   r = t + t * z * p
   r = jnp.where(big, jnp.float32(math.pi / 2) - r, r)
-  return jnp.copysign(r, y).astype(x.dtype)
+  return (jnp.copysign(r, y) if signed else r).astype(x.dtype)
 
 
 def _with_exact_derivative(f):
@@ -182,6 +184,15 @@ _FNS: dict[str, ElementwiseFn] = {
     "arctan": fast_arctan,
     "tanh": jnp.tanh,
     "log": _log_fn,
+}
+
+# The odd functions by construction (`copysign(f(|x|), x)`), as the f of |x|
+# for inputs >= 0: `fn(x)` is `copysign(_MAGNITUDES[fn](abs(x)), x)` bit for
+# bit, so a consumer that squares the result can skip the sign.
+_MAGNITUDES: dict[str, ElementwiseFn] = {
+    "arctan": _with_exact_derivative(
+        lambda x: _arctan_f32(x, newton=False, signed=False)),
+    "log": jnp.log1p,
 }
 
 
@@ -964,9 +975,8 @@ def adam_gaf(
             optax.scale_by_learning_rate(learning_rate)]
   chain = optax.chain(*stages)
   act = _resolve_fn(where, fn, allowed=("arctan", "tanh", "log"))
-  # arctan and log are odd by construction (copysign of a function of |x|):
-  # act(b * |g|) * sign(g) equals act(b * g) bit for bit.
-  odd = isinstance(fn, str) and fn in ("arctan", "log")
+  # arctan and log are odd by construction (copysign of a function of |x|).
+  magnitude = _MAGNITUDES.get(fn) if isinstance(fn, str) else None
   wd = weight_decay
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -984,18 +994,24 @@ def adam_gaf(
     step = optax.safe_increment(adam_state.count)
 
     def moments_of(g, mu, nu, *p):
-      # One pass per buffer. GAF has two consumers here; each computes it
-      # itself (for odd functions from two different expressions, so that
-      # XLA does not merge them and write the shared value to memory).
+      # One pass per buffer. GAF has two consumers here and each computes it
+      # itself (XLA:CPU has no multi-output fusion; a shared GAF would be
+      # written to memory and read back twice). For arctan and log without
+      # decay the second moment squares GAF, so it takes the magnitude alone:
+      # (a * f(b * |x|))**2 equals (a * fn(b * x))**2 bit for bit, with less
+      # arithmetic, and its expression differs from the first moment's, so
+      # XLA does not merge the two and write the shared value to memory.
       cdt = _compute_dtype(g.dtype)
       x = g.astype(cdt)
       ac, bc = jnp.asarray(a, cdt), jnp.asarray(b, cdt)
       d1 = ac * act(bc * x)
-      d2 = (ac * act(bc * jnp.abs(x))) * jnp.sign(x) if odd else d1
       if p:
-        p_c = p[0].astype(cdt)
-        d1 = d1 + jnp.asarray(wd, cdt) * p_c
-        d2 = d2 + jnp.asarray(wd, cdt) * p_c
+        p_c = jnp.asarray(wd, cdt) * p[0].astype(cdt)
+        d2 = ((ac * magnitude(bc * jnp.abs(x))) * jnp.sign(x) if magnitude
+              else d1)
+        d1, d2 = d1 + p_c, d2 + p_c
+      else:
+        d2 = ac * magnitude(bc * jnp.abs(x)) if magnitude else d1
       # optax.tree.update_moment(_per_elem_norm)'s arithmetic.
       mu_new = (1 - b1) * d1 + b1 * mu.astype(cdt)
       nu_new = (1 - b2) * (d2 * d2) + b2 * nu.astype(cdt)

@@ -534,6 +534,33 @@ def test_adam_gaf_equals_its_optax_chain(kwargs):
                               rtol=2e-5)
 
 
+@pytest.mark.parametrize("fn", ["arctan", "log"])
+def test_adam_gaf_second_moment_is_the_square_of_gaf_bit_for_bit(fn):
+  # Without decay the second moment squares the magnitude of GAF alone
+  # (no sign): the stored moment must equal the signed formula exactly,
+  # at the extremes and on specials too.
+  signed = gaf_optax.fast_arctan if fn == "arctan" else _gaf_module._log_fn
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((16, 8, 3, 3)) * np.logspace(-6, 3, 1152).reshape(
+      16, 8, 3, 3)
+  g = {"w": jnp.asarray(w, jnp.float32),
+       "b": jnp.asarray([0.0, -0.0, 1e-30, -1e30, np.inf, -np.inf, np.nan,
+                         -1.0], jnp.float32)}
+  opt = gaf_optax.adam_gaf(1e-3, fn=fn)
+  _, state = jax.jit(opt.update)(g, opt.init(g))
+  want = jax.jit(lambda g: jax.tree.map(
+      lambda x: 0.001 * (0.1 * signed(15.0 * x)) ** 2, g))(g)
+  for k in g:
+    np.testing.assert_array_equal(state[1].nu[k], want[k])
+  mag = _gaf_module._MAGNITUDES[fn]
+  x = jnp.asarray(np.abs(w).ravel(), jnp.float32)
+  np.testing.assert_array_equal(mag(x), jnp.abs(signed(x)))
+  # The magnitude keeps arctan's exact derivative.
+  np.testing.assert_allclose(jax.vmap(jax.grad(mag))(x[:64]),
+                             1 / (1 + x[:64] ** 2) if fn == "arctan"
+                             else 1 / (1 + x[:64]), rtol=1e-6)
+
+
 def test_adam_gaf_mu_dtype_stores_the_first_moment_rounded():
   params = {"w": jnp.ones((16, 4, 3, 3)), "b": jnp.ones(16)}
   g = jax.tree.map(lambda p: 0.01 * jnp.arange(p.size, dtype=p.dtype
