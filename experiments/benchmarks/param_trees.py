@@ -95,7 +95,8 @@ def num_params(name: str) -> int:
   return total
 
 
-def parse_args(doc: str, default_trees: str, argv=None):
+def parse_args(doc: str, default_trees: str, argv=None, *,
+               grads_option: bool = False):
   """``--repeats`` and ``--trees`` of the optimizer benchmarks, checked.
 
   Returns ``(args, trees)``: the parsed arguments and the list of tree names.
@@ -104,6 +105,11 @@ def parse_args(doc: str, default_trees: str, argv=None):
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--trees", default=default_trees)
+  if grads_option:
+    parser.add_argument(
+        "--grads", default="input", choices=GRADS_MODES,
+        help="input: the gradients are an argument of the step; computed: "
+        "the step materializes them first, as a backward pass would")
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error("--repeats must be >= 1")
@@ -114,15 +120,41 @@ def parse_args(doc: str, default_trees: str, argv=None):
   return args, trees
 
 
-def update_step(opt):
+GRADS_MODES = ("input", "computed")
+
+
+def update_step(opt, grads: str = "input"):
   """A jitted optimizer update (``update`` + ``apply_updates``), donated.
 
   What the optimizer benchmarks time: the optimizer alone, on given
-  gradients, with no model.
+  gradients, with no model. ``grads`` says where the gradients live:
+
+  * ``"input"``: an argument of the step. XLA cannot write into it, so an
+    optimizer that needs a parameter-sized temporary gets a fresh one each
+    step.
+  * ``"computed"``: the step receives ``-grads`` and negates it into a
+    temporary fenced by an optimization barrier, as a backward pass leaves
+    the gradients in a train step: in XLA temporaries, dead after the
+    update, whose memory XLA may reuse. The negation is one extra pass over
+    the gradients, the same for every optimizer (call the step with the
+    negated tree, see :func:`step_grads`).
   """
   import optax  # pylint: disable=import-outside-toplevel
 
-  def step(params, state, grads):
-    updates, state = opt.update(grads, state, params)
+  if grads not in GRADS_MODES:
+    raise ValueError(f"grads must be one of {GRADS_MODES}; got {grads!r}.")
+
+  def step(params, state, g):
+    if grads == "computed":
+      g = jax.lax.optimization_barrier(jax.tree.map(jnp.negative, g))
+    updates, state = opt.update(g, state, params)
     return optax.apply_updates(params, updates), state
   return jax.jit(step, donate_argnums=(0, 1))
+
+
+def step_grads(grads_tree, grads: str = "input"):
+  """What to pass to :func:`update_step`'s step for the gradients ``grads_tree``."""
+  if grads not in GRADS_MODES:
+    raise ValueError(f"grads must be one of {GRADS_MODES}; got {grads!r}.")
+  return grads_tree if grads == "input" else jax.tree.map(jnp.negative,
+                                                          grads_tree)
