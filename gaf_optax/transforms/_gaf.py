@@ -186,13 +186,24 @@ _FNS: dict[str, ElementwiseFn] = {
     "log": _log_fn,
 }
 
-# The odd functions by construction (`copysign(f(|x|), x)`), as the f of |x|
-# for inputs >= 0: `fn(x)` is `copysign(_MAGNITUDES[fn](abs(x)), x)` bit for
-# bit, so a consumer that squares the result can skip the sign.
+@jax.custom_jvp
+def _arctan_magnitude(x: jax.Array) -> jax.Array:
+  """``abs(fast_arctan(x))`` bit for bit, without the sign's arithmetic."""
+  return _arctan_f32(x, newton=False, signed=False)
+
+
+@_arctan_magnitude.defjvp
+def _arctan_magnitude_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  x = jnp.asarray(x)
+  return _arctan_magnitude(x), t * jnp.sign(x) / (1 + x * x)
+
+
+# |fn(x)| for the functions that are odd by construction (`copysign(f(|x|),
+# x)`), for a consumer that squares the result and can skip the sign.
 _MAGNITUDES: dict[str, ElementwiseFn] = {
-    "arctan": _with_exact_derivative(
-        lambda x: _arctan_f32(x, newton=False, signed=False)),
-    "log": jnp.log1p,
+    "arctan": _arctan_magnitude,
+    "log": lambda x: jnp.log1p(jnp.abs(x)),
 }
 
 
@@ -996,22 +1007,22 @@ def adam_gaf(
     def moments_of(g, mu, nu, *p):
       # One pass per buffer. GAF has two consumers here and each computes it
       # itself (XLA:CPU has no multi-output fusion; a shared GAF would be
-      # written to memory and read back twice). For arctan and log without
-      # decay the second moment squares GAF, so it takes the magnitude alone:
-      # (a * f(b * |x|))**2 equals (a * fn(b * x))**2 bit for bit, with less
-      # arithmetic, and its expression differs from the first moment's, so
-      # XLA does not merge the two and write the shared value to memory.
+      # written to memory and read back twice). So that XLA does not merge
+      # the two computations, the second moment's starts from a different
+      # expression, b * |x|. Without decay it squares GAF, so for arctan and
+      # log it takes the magnitude alone: (a * |fn(b * |x|)|)**2 equals
+      # (a * fn(b * x))**2 bit for bit, with less arithmetic.
       cdt = _compute_dtype(g.dtype)
       x = g.astype(cdt)
       ac, bc = jnp.asarray(a, cdt), jnp.asarray(b, cdt)
       d1 = ac * act(bc * x)
+      odd = magnitude is not None
       if p:
         p_c = jnp.asarray(wd, cdt) * p[0].astype(cdt)
-        d2 = ((ac * magnitude(bc * jnp.abs(x))) * jnp.sign(x) if magnitude
-              else d1)
+        d2 = (ac * act(bc * jnp.abs(x))) * jnp.sign(x) if odd else d1
         d1, d2 = d1 + p_c, d2 + p_c
       else:
-        d2 = ac * magnitude(bc * jnp.abs(x)) if magnitude else d1
+        d2 = ac * magnitude(bc * jnp.abs(x)) if odd else d1
       # optax.tree.update_moment(_per_elem_norm)'s arithmetic.
       mu_new = (1 - b1) * d1 + b1 * mu.astype(cdt)
       nu_new = (1 - b2) * (d2 * d2) + b2 * nu.astype(cdt)
