@@ -171,7 +171,6 @@ def _fusible_arctan(x: jax.Array) -> jax.Array:
   be written to memory and read back; this variant is recomputed in each
   consumer instead. With a single consumer the division is cheaper, and
   ``adam_gaf`` gives its two consumers two different expressions instead.
-  Figures: the README's performance section.
   """
   return _arctan_f32(x, newton=True)
 
@@ -458,9 +457,10 @@ def gaf(
   Place it where the paper does: before momentum for SGD_atan and
   Adam_atan, after momentum for SGD_atanMom (see :func:`sgd_gaf`). To shape
   only some layers, wrap it in :func:`optax.masked`. In front of Adam prefer
-  :func:`adam_gaf`: on CPU it is several times faster than
+  :func:`adam_gaf`: on CPU it is faster than
   ``optax.chain(gaf(), optax.adam(...))`` (its arctan stays fused into both
-  moments; figures in the README's performance section).
+  moments, with no parameter-sized temporary; figures in the benchmarks
+  guide, docs/guides/benchmarks.md).
 
   ``alpha`` and ``beta`` are one value for every leaf: a number, or an array
   that broadcasts to every leaf's shape without changing it (e.g. shape
