@@ -26,6 +26,11 @@ import platform
 import statistics
 import time
 
+try:
+  import resource
+except ImportError:  # Windows
+  resource = None
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -62,9 +67,7 @@ def _minor_faults() -> int:
   parameter-sized temporary allocated anew each step cost more than the
   arithmetic (glibc returns large blocks to the OS when they are freed).
   """
-  try:
-    import resource  # pylint: disable=import-outside-toplevel
-  except ImportError:  # not on Windows: the column reads 0 there.
+  if resource is None:  # not on Windows: the column reads 0 there.
     return 0
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 

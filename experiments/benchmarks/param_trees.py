@@ -123,6 +123,11 @@ def parse_args(doc: str, default_trees: str, argv=None, *,
 GRADS_MODES = ("input", "computed")
 
 
+def _check_grads_mode(grads: str) -> None:
+  if grads not in GRADS_MODES:
+    raise ValueError(f"grads must be one of {GRADS_MODES}; got {grads!r}.")
+
+
 def update_step(opt, grads: str = "input"):
   """A jitted optimizer update (``update`` + ``apply_updates``), donated.
 
@@ -141,8 +146,7 @@ def update_step(opt, grads: str = "input"):
   """
   import optax  # pylint: disable=import-outside-toplevel
 
-  if grads not in GRADS_MODES:
-    raise ValueError(f"grads must be one of {GRADS_MODES}; got {grads!r}.")
+  _check_grads_mode(grads)
 
   def step(params, state, g):
     if grads == "computed":
@@ -154,7 +158,6 @@ def update_step(opt, grads: str = "input"):
 
 def step_grads(grads_tree, grads: str = "input"):
   """What to pass to :func:`update_step`'s step for the gradients ``grads_tree``."""
-  if grads not in GRADS_MODES:
-    raise ValueError(f"grads must be one of {GRADS_MODES}; got {grads!r}.")
+  _check_grads_mode(grads)
   return grads_tree if grads == "input" else jax.tree.map(jnp.negative,
                                                           grads_tree)

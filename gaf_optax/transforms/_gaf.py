@@ -124,14 +124,20 @@ def _arctan_f32(x: jax.Array, newton: bool, signed: bool = True
   return (jnp.copysign(r, y) if signed else r).astype(x.dtype)
 
 
-def _with_exact_derivative(f):
+def _with_exact_derivative(f, *, magnitude: bool = False):
+  """``f`` (an arctan) with the exact derivative ``1 / (1 + x**2)``.
+
+  ``magnitude=True`` for an ``f`` that computes ``|arctan(x)|``: the
+  derivative is multiplied by ``sign(x)``.
+  """
   f = jax.custom_jvp(f)
 
   @f.defjvp
   def jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     x = jnp.asarray(x)
-    return f(x), t / (1 + x * x)
+    d = t / (1 + x * x)
+    return f(x), d * jnp.sign(x) if magnitude else d
 
   return f
 
@@ -185,17 +191,9 @@ _FNS: dict[str, ElementwiseFn] = {
     "log": _log_fn,
 }
 
-@jax.custom_jvp
-def _arctan_magnitude(x: jax.Array) -> jax.Array:
-  """``abs(fast_arctan(x))`` bit for bit, without the sign's arithmetic."""
-  return _arctan_f32(x, newton=False, signed=False)
-
-
-@_arctan_magnitude.defjvp
-def _arctan_magnitude_jvp(primals, tangents):
-  (x,), (t,) = primals, tangents
-  x = jnp.asarray(x)
-  return _arctan_magnitude(x), t * jnp.sign(x) / (1 + x * x)
+# abs(fast_arctan(x)) bit for bit, without the sign's arithmetic.
+_arctan_magnitude = _with_exact_derivative(
+    lambda x: _arctan_f32(x, newton=False, signed=False), magnitude=True)
 
 
 # |fn(x)| for the functions that are odd by construction (`copysign(f(|x|),
