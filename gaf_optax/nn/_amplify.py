@@ -15,8 +15,21 @@ points above it are included). So ``jax.grad`` with respect to the factors
 array gives one squared norm per point; :func:`signal_norms` turns it into the
 norms the controller takes. This is a deliberate, documented abuse of the
 factor's cotangent (the true derivative of an identity with respect to the
-factor is zero); it is exact, costs one reduction per point, and adds up
-correctly across data-parallel shards because squared norms are additive.
+factor is zero); it is exact and costs one reduction per point.
+
+Data parallelism. Squared norms add up over the examples of a batch, but the
+per-device losses of a data-parallel step are means over each device's shard:
+on ``n`` devices each device's cotangents are ``n`` times the global batch's,
+so the global squared norm is ``psum(factor_grads) / n**2``, neither the
+``psum`` nor the ``pmean`` of the factor gradients. ``signal_norms(...,
+axis_name=...)`` does this reduction; give it the axis over which the step
+``lax.pmean`` s its gradients (``jax.pmap``, or ``jax.shard_map`` with
+per-device losses). Under ``jax.shard_map`` with varying-axes checking (its
+default on jax >= 0.7), a factor that enters replicated gets the ``psum`` of
+the devices' squared norms as its cotangent, as any replicated input does;
+when the loss is ``lax.pmean`` ed inside (JAX's data-parallel idiom), that
+is already the global batch's statistic, and ``signal_norms`` leaves
+such invariant values as they are.
 """
 
 from __future__ import annotations
@@ -67,24 +80,105 @@ def _amplify_bwd(factor, g):
       start=jnp.zeros((), jnp.float32),
   )
   scaled = jax.tree.map(lambda leaf: (leaf * factor).astype(leaf.dtype), g)
-  return scaled, sq_norm.astype(factor.dtype).reshape(factor.shape)
+  # The factor's cotangent must have the factor's type. Under jax.shard_map
+  # with varying-axes checking, a replicated factor met per-device signals
+  # (an implicit broadcast), whose transpose sums over the devices: JAX's own
+  # transpose of `factor * sq_norm` inserts exactly that sum, and nothing
+  # where no axis is varying (pmap, one device, older jax).
+  _, pullback = jax.vjp(lambda f: f.astype(jnp.float32) * sq_norm, factor)
+  (factor_ct,) = pullback(jnp.ones_like(sq_norm))
+  return scaled, factor_ct.astype(factor.dtype).reshape(factor.shape)
 
 
 amplify.defvjp(_amplify_fwd, _amplify_bwd)
 
 
-def signal_norms(factor_grads: jax.Array) -> jax.Array:
+AxisName = Any  # a mapped axis name, or a tuple of them
+
+
+def _axis_names(axis_name: AxisName) -> tuple[Any, ...]:
+  names = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (
+      axis_name,)
+  if not names or any(
+      n is None or isinstance(n, (bool, int, float)) for n in names):
+    raise ValueError(
+        "axis_name must be None, a mapped axis name (e.g. 'batch', as "
+        "given to jax.pmap or a jax.shard_map mesh) or a tuple of them; got "
+        f"{axis_name!r}.")
+  return names
+
+
+def _varying_axes(x: jax.Array, names: tuple[Any, ...]) -> tuple[Any, ...]:
+  """The axes of ``names`` along which ``x`` holds per-device values.
+
+  Under ``jax.shard_map`` with varying-axes checking, each value's type lists
+  the mesh axes it varies along (``jax.typeof(x)``: ``.vma`` on some jax
+  versions, ``.manual_axis_type.varying`` on others), and
+  ``lax.axis_index`` always varies when checking is on. Under ``jax.pmap``,
+  ``shard_map(check_vma=False)`` and jax versions without such types, every
+  value is per-device, so every axis counts as varying.
+  """
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None:
+    return names
+
+  def varying(value):
+    aval = typeof(value)
+    found = getattr(aval, "vma", None)
+    if found is None:
+      found = getattr(getattr(aval, "manual_axis_type", None), "varying",
+                      None)
+    return found
+
+  out = []
+  for name in names:
+    probe = varying(jax.lax.axis_index(name))
+    checked = probe is not None and name in probe
+    if not checked or name in varying(x):
+      out.append(name)
+  return tuple(out)
+
+
+def signal_norms(factor_grads: jax.Array,
+                 axis_name: AxisName | None = None) -> jax.Array:
   """Per-point signal norms from the gradient with respect to the factors.
 
   Args:
     factor_grads: the cotangent of the ``factors`` array passed to a model
       (``jax.grad`` with respect to it), i.e. per-point squared norms.
+    axis_name: under ``jax.pmap`` or ``jax.shard_map``, the axis (or tuple of
+      axes) over which the step averages its gradients with ``lax.pmean``,
+      each device's loss being the mean over its shard of the batch. The
+      devices' squared norms are then combined into the global batch's,
+      ``psum(factor_grads) / n**2`` on ``n`` devices (see the module
+      docstring), so every replica gets the statistics, and so the
+      selection and factors, of a one-device run on the global batch. Where
+      ``factor_grads`` are already the same on every device of an axis
+      (``jax.shard_map``'s varying-axes checking, with the loss
+      ``lax.pmean`` ed inside), that axis is left as it is, as
+      ``lax.pmean`` leaves such gradients. None (the default): no
+      reduction (one device, or ``jax.jit`` with sharded global arrays,
+      where the gradient is already the global batch's).
 
   Returns:
-    ``sqrt(factor_grads)`` in float32, the ``layer_stats`` that
-    :func:`gaf_optax.gradient_amplification` expects.
+    ``sqrt(factor_grads)`` (reduced as above) in float32, the
+    ``layer_stats`` that :func:`gaf_optax.gradient_amplification` expects.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from gaf_optax.nn import signal_norms
+    >>> sq = jnp.array([[4.0, 16.0], [12.0, 48.0]])  # two devices' squares
+    >>> jax.vmap(signal_norms, axis_name="d", in_axes=(0, None))(
+    ...     sq, "d").tolist()  # sqrt(sum / 2**2), on both devices
+    [[2.0, 4.0], [2.0, 4.0]]
   """
-  return jnp.sqrt(jnp.maximum(jnp.asarray(factor_grads, jnp.float32), 0.0))
+  sq = jnp.maximum(jnp.asarray(factor_grads, jnp.float32), 0.0)
+  if axis_name is not None:
+    names = _varying_axes(sq, _axis_names(axis_name))
+    if names:
+      n = jax.lax.psum(1, names)
+      sq = jax.lax.psum(sq, names) / jnp.float32(n * n)
+  return jnp.sqrt(sq)
 
 
 class AmplificationPoints:
@@ -217,13 +311,24 @@ def set_point_factors(collection: Any, factors: jax.Array) -> Any:
   return jax.tree.unflatten(treedef, out)
 
 
-def point_signal_norms(collection_grads: Any) -> jax.Array:
+def point_signal_norms(collection_grads: Any,
+                       axis_name: AxisName | None = None) -> jax.Array:
   """:func:`signal_norms` of the gradient with respect to the collection.
 
-  Returns float32[P] in the collection's leaf order (see
-  :class:`AmplificationPoint`).
+  Args:
+    collection_grads: the gradient with respect to the ``"amplification"``
+      collection.
+    axis_name: as for :func:`signal_norms` (data-parallel steps under
+      ``jax.pmap`` or ``jax.shard_map``).
+
+  Returns:
+    float32[P] in the collection's leaf order (see
+    :class:`AmplificationPoint`).
   """
   leaves = jax.tree.leaves(collection_grads)
   if not leaves:
+    if axis_name is not None:
+      _axis_names(axis_name)
     return jnp.zeros((0,), jnp.float32)
-  return signal_norms(jnp.concatenate([jnp.reshape(l, -1) for l in leaves]))
+  return signal_norms(jnp.concatenate([jnp.reshape(l, -1) for l in leaves]),
+                      axis_name)

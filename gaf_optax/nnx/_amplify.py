@@ -108,16 +108,18 @@ def set_amplification_factors(model: nnx.Module, factors: jax.Array) -> None:
   nnx.update(model, state)
 
 
-def amplification_signal_norms(grads) -> jax.Array:
+def amplification_signal_norms(grads, axis_name: Any = None) -> jax.Array:
   """Per-point signal norms from the gradient with respect to the factors.
 
   Args:
     grads: the ``nnx.State`` that ``nnx.grad`` returned for a
       ``DiffState`` that includes ``AmplificationFactors`` (other variable
       types in it are ignored).
+    axis_name: under ``jax.pmap`` or ``jax.shard_map``, the axis over which
+      the step averages its gradients; see :func:`gaf_optax.nn.signal_norms`.
 
   Returns:
     float32[P], the ``layer_stats`` that
     :func:`gaf_optax.gradient_amplification` takes, in point order.
   """
-  return point_signal_norms(_factor_leaves(grads))
+  return point_signal_norms(_factor_leaves(grads), axis_name)
