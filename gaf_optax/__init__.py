@@ -3,8 +3,25 @@
 Optimizer-side methods live at the top level: GAF (gradient activation
 functions, arXiv:2107.04228) and the gradient-amplification controller
 (Basodi et al.). Model-side methods (GAAF and ANAct activations,
-amplification points) live in :mod:`gaf_optax.nn`.
+amplification points) live in :mod:`gaf_optax.nn` (Linen) and
+:mod:`gaf_optax.nnx`; the reference models in :mod:`gaf_optax.models`, the
+datasets in :mod:`gaf_optax.data` and the trainer in
+:mod:`gaf_optax.training`.
+
+Those subpackages are attributes of ``gaf_optax``, imported on first
+access (PEP 562, as ``optax.contrib``), so ``import gaf_optax`` imports
+neither Flax nor the ``training`` extra's packages. ``gaf_optax.training``
+and ``gaf_optax.data`` need that extra; without it, accessing them raises
+the ImportError that importing them does, naming it.
+
+Example:
+  >>> import gaf_optax
+  >>> gaf_optax.models.get("mlp", features=(8,)).num_amplification_points
+  1
 """
+
+import importlib as _importlib
+import typing as _typing
 
 from gaf_optax.transforms import adam_gaf
 from gaf_optax.transforms import adaptive_gaf
@@ -33,3 +50,26 @@ __all__ = [
     "rmsprop_gaf",
     "sgd_gaf",
 ]
+
+# Imported on first access (PEP 562): Flax, Orbax, Grain and the datasets'
+# packages stay out of `import gaf_optax`.
+_SUBPACKAGES = ("data", "models", "nn", "nnx", "training", "transforms")
+
+if _typing.TYPE_CHECKING:
+  from gaf_optax import data  # pylint: disable=g-bad-import-order
+  from gaf_optax import models
+  from gaf_optax import nn
+  from gaf_optax import nnx
+  from gaf_optax import training
+  from gaf_optax import transforms
+
+
+def __getattr__(name: str):
+  if name in _SUBPACKAGES:
+    # import_module binds the attribute: later accesses skip this function.
+    return _importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_SUBPACKAGES))

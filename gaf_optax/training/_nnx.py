@@ -23,6 +23,14 @@ not state: the step writes the controller's factors into them at each call
 (``nnx.RngState``) are not state either: a training call reseeds them with
 the step's key (``fold_in(rng, step)``, as for Linen's dropout), so a run's
 randomness depends on ``(seed, step)`` only.
+
+How the module is called: ``module.train()`` or ``module.eval()`` first
+(NNX's idiom: they set ``deterministic`` and ``use_running_average`` on
+the layers that have them), then ``module(x)``, adding ``train=``,
+``deterministic=`` and, in training, ``rngs=`` (an ``nnx.Rngs`` keyed by
+the step, for layers that draw from a call's ``rngs``) where its
+``__call__`` takes them (:mod:`gaf_optax.training._calls`). So a module
+written in any of those ways runs.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from gaf_optax import models
 from gaf_optax.nnx import AmplificationFactors
 from gaf_optax.nnx import num_amplification_points
 from gaf_optax.nnx import set_amplification_factors
+from gaf_optax.training import _calls
 
 __all__ = ["NNXFunctional", "functional"]
 
@@ -47,6 +56,12 @@ _OTHER = "nnx_state"
 def _copy(state):
   """A new State with the same values (replace_by_pure_dict mutates)."""
   return jax.tree.map(lambda a: a, state)
+
+
+def _typed(key):
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)
 
 
 def _filled(template, pure):
@@ -71,6 +86,8 @@ class NNXFunctional:
   def __init__(self, module: nnx.Module):
     self.module_type = type(module)
     self.num_amplification_points = num_amplification_points(module)
+    # Factors are variables, not call arguments, in NNX.
+    self._signature = _calls.call_signature(module, nnx=True)
     (self._graphdef, self._params, self._factors, self._rngs, self._stats,
      self._other) = nnx.split(module, nnx.Param, AmplificationFactors,
                               nnx.RngState, nnx.BatchStat, ...)
@@ -87,7 +104,7 @@ class NNXFunctional:
       return pure
     return {self._prefix: pure}
 
-  def _reseeded(self, rngs):
+  def _reseeded(self, key):
     """The RNG streams, each keyed from the step's key (when given).
 
     Every stream's key becomes ``fold_in(key, i)`` (i: its place in the
@@ -95,11 +112,8 @@ class NNXFunctional:
     step only, whatever streams the module made and whatever their names.
     """
     state = _copy(self._rngs)
-    if not rngs:
+    if key is None:
       return state
-    key = next(iter(rngs.values()))
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.wrap_key_data(key)
     pure = nnx.to_pure_dict(state)
     leaves, treedef = jax.tree.flatten(pure)
     fresh = [jax.random.fold_in(key, i)
@@ -126,10 +140,11 @@ class NNXFunctional:
   def apply(self, variables, x, *, train: bool, amp_factors=None,
             mutable=False, rngs=None):
     """Calls the module on ``x`` with ``variables``; Linen's return values."""
+    key = _typed(next(iter(rngs.values()))) if rngs else None
     module = nnx.merge(
         self._graphdef,
         _filled(self._params, self._wrap(variables["params"])),
-        _copy(self._factors), self._reseeded(rngs),
+        _copy(self._factors), self._reseeded(key),
         _filled(self._stats, self._wrap(variables.get(_STATS, {}))),
         _filled(self._other, self._wrap(variables.get(_OTHER, {}))))
     if train:
@@ -138,7 +153,11 @@ class NNXFunctional:
       module.eval()
     if amp_factors is not None:
       set_amplification_factors(module, amp_factors)
-    y = module(x)
+    # A call's own nnx.Rngs (for a module that takes rngs): one more stream,
+    # apart from the stored ones' fold_in(key, i).
+    call_rngs = (nnx.Rngs(jax.random.fold_in(key, -1 % 2**31))
+                 if train and key is not None else None)
+    y = module(x, **self._signature.kwargs(train=train, rngs=call_rngs))
     if not mutable:
       return y
     _, _, stats, other = nnx.split(module, (nnx.Param, AmplificationFactors,

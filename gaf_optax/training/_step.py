@@ -5,14 +5,20 @@ host-side effects, so it can be jitted with shardings (the :class:`Trainer`
 does), ``vmap``-ped over seeds and ``lax.scan``-ned over steps
 (:meth:`Trainer.fit_seeds` does), or called from a user's own loop.
 
-A model is a Flax Linen module called as ``model.apply(variables, x,
-train=..., amp_factors=...)`` (``gaf_optax.models`` all are), or a Flax NNX
-module called as ``model(x)`` (run through ``nnx.split``/``nnx.merge``, see
-:mod:`gaf_optax.training._nnx`); its
-``batch_stats`` (BatchNorm, ANAct) and other collections ride along in
-:attr:`TrainState.model_state`. Randomness (augmentation crops and flips,
-dropout masks) comes from ``fold_in(state.rng, state.step)``, so it depends
-on ``(seed, step)`` only: the same on 1 or N devices, and after a resume.
+A model is any Flax Linen module, called as ``model.apply(variables, x,
+...)``, or any Flax NNX module, called as ``model(x, ...)`` (run through
+``nnx.split``/``nnx.merge``, see :mod:`gaf_optax.training._nnx`). The
+``...`` are ``train=``, ``deterministic=``, ``amp_factors=`` (Linen) and
+``rngs=`` (NNX), each only where the model's ``__call__`` takes it
+(:mod:`gaf_optax.training._calls`; ``gaf_optax.models`` take ``train`` and
+``amp_factors``). The collections other than ``params`` that ``init`` made
+(``batch_stats`` of BatchNorm and ANAct, say) ride along in
+:attr:`TrainState.model_state` and are mutable in training; no others are
+(Linen's ``init`` leaves ``Module.sow``'s ``intermediates`` out, so a model
+that sows runs too, sowing nothing). Randomness (augmentation crops and
+flips, dropout masks) comes from ``fold_in(state.rng, state.step)``, so it
+depends on ``(seed, step)`` only: the same on 1 or N devices, and after a
+resume.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import optax
 import gaf_optax
 from gaf_optax import data as data_lib
 from gaf_optax.nn import signal_norms
+from gaf_optax.training import _calls
 from gaf_optax.training import _nnx
 
 __all__ = [
@@ -283,6 +290,24 @@ def _telemetry(telemetry: Telemetry, grads, new_opt_state, new_model_state):
   return out
 
 
+def _prepared(model) -> tuple[Any, _calls.CallSignature]:
+  """``model`` with Linen's ``init``/``apply``, and what its call takes.
+
+  A Linen module's ``__call__`` is read here, once per step built (not per
+  trace). Anything else with ``init``/``apply`` (an NNX module's
+  :class:`~gaf_optax.training.NNXFunctional`, which gives the module's own
+  ``__call__`` what that takes) gets ``train`` and ``amp_factors``.
+  """
+  model = _nnx.functional(model)
+  if isinstance(model, nn.Module):
+    return model, _calls.call_signature(model)
+  return model, _calls.CallSignature(train=True, amp_factors=True)
+
+
+def _model_name(model) -> str:
+  return getattr(model, "module_type", type(model)).__name__
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
                seed: int | jax.Array, input_shape) -> TrainState:
   """The initial state of a run (pure: jit or vmap it over seeds).
@@ -295,13 +320,18 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
 
   Returns:
     A :class:`TrainState` at step 0. The parameters are drawn from
-    ``fold_in(PRNGKey(seed), 2**31 - 1)``, apart from the keys that steps use.
+    ``fold_in(PRNGKey(seed), 2**31 - 1)``, apart from the keys that steps
+    use (``init`` runs in evaluation mode; a ``dropout`` stream is there
+    for a model that draws from it even so). ``model_state`` holds the
+    other collections ``init`` made.
   """
-  model = _nnx.functional(model)
+  model, sig = _prepared(model)
   rng = jax.random.PRNGKey(seed)
-  variables = model.init(jax.random.fold_in(rng, -1 % 2**31),
+  key = jax.random.fold_in(rng, -1 % 2**31)
+  variables = model.init({"params": key,
+                          "dropout": jax.random.fold_in(key, 1)},
                          jnp.zeros((1, *input_shape), jnp.float32),
-                         train=False)
+                         **sig.kwargs(train=False))
   variables = dict(flax.core.unfreeze(variables))
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params=params,
@@ -309,16 +339,16 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
                     sums=zero_sums(), health=zero_health())
 
 
-def _apply(model, params, model_state, x, *, train, factors=None, rng=None):
+def _apply(model, sig, params, model_state, x, *, train, factors=None,
+           rng=None):
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng} if rng is not None else {}
+  kwargs = sig.kwargs(train=train, amp_factors=factors)
   if train and model_state:
-    logits, new_state = model.apply(variables, x, train=True,
-                                    amp_factors=factors,
-                                    mutable=list(model_state), rngs=rngs)
+    logits, new_state = model.apply(variables, x, mutable=list(model_state),
+                                    rngs=rngs, **kwargs)
     return logits, dict(flax.core.unfreeze(new_state))
-  return model.apply(variables, x, train=train, amp_factors=factors,
-                     rngs=rngs), model_state
+  return model.apply(variables, x, rngs=rngs, **kwargs), model_state
 
 
 def make_train_step(
@@ -358,14 +388,24 @@ def make_train_step(
     ``label`` (int ``[B]``); ``metrics`` the step's ``loss``,
     ``grad_norm`` and the telemetry's values.
   """
-  model = _nnx.functional(model)
+  model, sig = _prepared(model)
   num_points = getattr(model, "num_amplification_points", 0)
   signals = telemetry is not None and telemetry.signals
-  if (amplification_points or signals) and num_points < 1:
-    what = ("amplification_points=True" if amplification_points
-            else "Telemetry(signals=True)")
-    raise ValueError(f"{what} needs a model with amplification points; "
-                     f"{type(model).__name__} has none.")
+  if (amplification_points or signals) and not (num_points >= 1 and
+                                                sig.amp_factors):
+    if amplification_points:
+      what = "amplification_points=True"
+      hint = (" Without points, amplify weight gradients instead: "
+              "gradient_amplification(..., labels=...) with "
+              "amplification_points=False.")
+    else:
+      what, hint = "Telemetry(signals=True)", ""
+    raise ValueError(
+        f"{what} needs a model with amplification points; "
+        f"{_model_name(model)} has none (a Linen model has them when it "
+        "has num_amplification_points >= 1 and its __call__ takes "
+        "amp_factors, as gaf_optax.models do; an NNX model when it holds "
+        f"gaf_optax.nnx.AmplificationPoint s).{hint}")
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -379,8 +419,8 @@ def make_train_step(
       factors = None
 
     def objective(params, factors):
-      logits, model_state = _apply(model, params, state.model_state, images,
-                                   train=True, factors=factors,
+      logits, model_state = _apply(model, sig, params, state.model_state,
+                                   images, train=True, factors=factors,
                                    rng=jax.random.fold_in(key, 1))
       loss = jnp.mean(loss_fn(logits, labels))
       return loss, (logits, model_state)
@@ -444,11 +484,11 @@ def make_eval_step(
   count nowhere.
   """
 
-  model = _nnx.functional(model)
+  model, sig = _prepared(model)
 
   def step(state: TrainState, batch):
     images = preprocess(batch["image"], None, train=False)
-    logits, _ = _apply(model, state.params, state.model_state, images,
+    logits, _ = _apply(model, sig, state.params, state.model_state, images,
                        train=False)
     labels = batch["label"]
     mask = batch.get("mask")

@@ -173,15 +173,21 @@ class Trainer:
   """Trains a Flax model with an optax transformation on a dataset.
 
   Args:
-    model: a Flax Linen model called as ``apply(variables, x, train=...,
-      amp_factors=...)`` (every ``gaf_optax.models`` model is), or a Flax NNX
-      module called as ``model(x)`` (``gaf_optax.models.get_nnx`` or your
+    model: any Flax Linen module (a ``gaf_optax.models`` model or your
+      own), or any Flax NNX module (``gaf_optax.models.get_nnx`` or your
       own; ``.train()``/``.eval()`` switch its mode, and its
       ``gaf_optax.nnx.AmplificationPoint`` s take the controller's factors).
-      An NNX module brings its parameters, so ``seed`` keys the data order,
-      augmentation and dropout only, and :meth:`fit_seeds` needs a Linen
-      model. Both run through the same functional step
-      (:func:`functional`).
+      It is called on the batch with ``train=`` (the mode),
+      ``deterministic=`` (``not train``, Flax's Dropout convention),
+      ``amp_factors=`` (Linen) and ``rngs=`` (NNX, in training), each only
+      where its ``__call__`` takes it (read once, here; another required
+      parameter is a TypeError naming it; see
+      :mod:`gaf_optax.training._calls`). Linen models get a ``dropout`` RNG
+      stream in training, and the collections their ``init`` made
+      (``batch_stats``, ...) are mutable there. An NNX module brings its
+      parameters, so ``seed`` keys the data order, augmentation and dropout
+      only, and :meth:`fit_seeds` needs a Linen model. Both run through the
+      same functional step (:func:`functional`).
     tx: any optax transformation, e.g. ``gaf_optax.sgd_gaf(0.1)``; with a
       :func:`gaf_optax.gradient_amplification` controller first in the chain
       when ``amplification_points`` is true.
@@ -196,7 +202,8 @@ class Trainer:
       ``Preprocess.for_dataset(dataset, augment=True)`` adds the CIFAR crop
       + flip in training).
     amplification_points: the chain's controller drives the model's
-      amplification points (its ``update`` gets ``layer_stats=``).
+      amplification points (its ``update`` gets ``layer_stats=``); a
+      ValueError naming this argument for a model without points.
     telemetry: per-step diagnostics (:class:`Telemetry`); None: only the
       step loss and the global gradient norm.
     learning_rate: the schedule (or float) ``tx`` uses, for the records'
