@@ -195,7 +195,9 @@ class ANAct(nn.Module):
   axis) in ``batch_stats/lambda``, and returns ``lambda * activation(x)``
   with no gradient through lambda. The batch's ``rho``, ``rho_prime`` and
   lambda (:func:`anact_lambda`) are sown into the ``intermediates``
-  collection (``model.apply(..., mutable=['intermediates', 'batch_stats'])``).
+  collection (``model.apply(..., mutable=['intermediates', 'batch_stats'])``)
+  in training calls; ``init`` sows nothing and stores the initial lambda,
+  in either mode.
 
   Two rules set lambda; both are our design (the module docstring says
   what is the paper's):
@@ -317,11 +319,12 @@ class ANAct(nn.Module):
     y, new_lam, stats = forward(self, x, stored.value,
                                 train=not use_running_average,
                                 sync=not self.is_initializing())
-    if stats is not None:
+    # Initializing sows and stores nothing: init in training mode returns
+    # the same variables as in evaluation mode (as flax.linen.BatchNorm).
+    if stats is not None and not self.is_initializing():
       for name, value in stats.items():
         self.sow("intermediates", name, value)
-      if not self.is_initializing():
-        stored.value = new_lam
+      stored.value = new_lam
     return y
 
 
