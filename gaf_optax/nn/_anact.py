@@ -115,6 +115,18 @@ def anact_lambda(activation: Callable[[jax.Array], jax.Array], y: jax.Array,
     >>> lam, rho, rho_p = anact_lambda(jax.nn.relu, y)
     >>> round(float(lam), 2)  # sqrt(2) for ReLU
     1.41
+
+    Synced over a mapped axis (``jax.vmap`` stands in here for
+    ``jax.pmap`` over devices; both name the axis), every shard gets the
+    whole batch's lambda:
+
+    >>> shards = y.reshape(4, 50_000) * jnp.arange(1.0, 5.0)[:, None]
+    >>> whole, _, _ = anact_lambda(jax.nn.relu, shards.reshape(-1))
+    >>> synced = jax.vmap(
+    ...     lambda s: anact_lambda(jax.nn.relu, s, axis_name="b")[0],
+    ...     axis_name="b")(shards)
+    >>> bool(jnp.allclose(synced, whole, rtol=1e-5))
+    True
   """
   if mode not in _MODES:
     raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")

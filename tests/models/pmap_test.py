@@ -8,6 +8,7 @@ import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -256,3 +257,31 @@ def test_bad_axis_name_is_a_clear_error(bad, error, match):
   model = models.get("mlp", features=(4,), axis_index_groups=[[0, 1]])
   with pytest.raises(ValueError, match="axis_index_groups needs an axis_name"):
     model.init(jax.random.key(0), jnp.ones((1, 2, 2, 1)))
+
+
+class _Gate(nn.Module):
+  """A stateful activation module without an ``axis_name`` field."""
+
+  @nn.compact
+  def __call__(self, x, use_running_average=None):
+    del use_running_average
+    return x * self.param("gate", nn.initializers.ones, ())
+
+
+def test_axis_name_reaches_activation_modules_that_take_it():
+  x = jnp.ones((4, 2, 2, 1))
+
+  def train_call(act):
+    model = models.get("mlp", features=(4,), act=act, axis_name="batch")
+    variables = model.init(jax.random.key(0), x)
+    return model.apply(variables, x, mutable=["batch_stats"])
+  # NSwish gets the model's axis_name: outside a mapped axis its synced
+  # statistics cannot be taken.
+  with pytest.raises(NameError, match="batch"):
+    train_call(gnn.NSwish)
+  # A partial's own axis_name wins over the model's ...
+  logits, _ = train_call(functools.partial(gnn.NSwish, axis_name=None))
+  assert logits.shape == (4, 10)
+  # ... and a module class without the field is built as before.
+  logits, _ = train_call(_Gate)
+  assert logits.shape == (4, 10)
