@@ -3,9 +3,19 @@
 Every model is a ``flax.linen`` module on NHWC images that returns logits::
 
   model = gaf_optax.models.get("resnet18", num_classes=10)
-  variables = model.init(key, x, train=False)
+  variables = model.init(key, x)
   logits, updates = model.apply(variables, x, train=True, amp_factors=None,
                                 mutable=["batch_stats"])
+  logits = model.apply(variables, x, train=False)  # evaluation
+
+``train`` defaults to True, as in Flax's examples (examples/imagenet): so
+``model.init(key, x)`` and a training step ``model.apply(variables, x,
+mutable=["batch_stats"])`` work unchanged in a Flax training script.
+Initializing in training mode stores the same initial statistics as
+``train=False`` (BatchNorm and ANAct update nothing while initializing).
+Evaluation passes ``train=False``: for a model with BatchNorm or ANAct the
+default without ``mutable`` raises (it would update the statistics) rather
+than silently evaluate in the wrong mode.
 
 Registry names (``names()`` lists them; ``get(name, **kwargs)`` passes the
 keyword arguments to the constructor, e.g. ``num_classes``, ``act``,
@@ -32,6 +42,14 @@ Hooks shared by all models:
 - ``dtype`` / ``param_dtype``: e.g. bfloat16 compute with float32 parameters.
 - BatchNorm uses PyTorch's defaults (momentum 0.9, epsilon 1e-5), batch
   statistics when ``train=True`` and running statistics otherwise.
+- ``axis_name`` / ``axis_index_groups``: as ``flax.linen.BatchNorm``'s.
+  Under ``jax.pmap`` or ``shard_map`` over that axis every BatchNorm and
+  every stateful activation with an ``axis_name`` field (ANAct) takes the
+  global batch's statistics, so replicas stay identical and equal to one
+  device on the whole batch, e.g. ``get("resnet20", axis_name="batch")``
+  for Flax's pmap examples. None (default): each device's own batch. Under
+  ``jax.jit`` with a sharded batch it is not needed (XLA reduces over the
+  whole array).
 - ``amp_factors``: gradient-amplification points (Basodi et al. 2020; see
   ``gaf_optax.nn.amplify``). Each model has ``num_amplification_points``
   points; pass ``amp_factors`` as ``float32[num_amplification_points]`` (a
@@ -64,7 +82,7 @@ Example:
   19
   >>> model = models.get("mlp", features=(8, 8), num_classes=3)
   >>> x = jnp.ones((4, 2, 2, 3))
-  >>> variables = model.init(jax.random.key(0), x, train=False)
+  >>> variables = model.init(jax.random.key(0), x)
   >>> def loss(params, factors):
   ...   logits = model.apply({"params": params}, x, train=True,
   ...                        amp_factors=factors)
@@ -190,7 +208,8 @@ def get(name: str, **kwargs: Any) -> nn.Module:
     name: a registry name (see the module docstring or :func:`names`).
     **kwargs: passed to the model's constructor, overriding its defaults
       (``num_classes``, ``act``, ``amplify_activations``, ``dtype``,
-      ``param_dtype``, and architecture fields such as ``widths``).
+      ``param_dtype``, ``axis_name``, ``axis_index_groups``, and
+      architecture fields such as ``widths``).
 
   Returns:
     The (unbound) Flax module.

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gaf_optax.models._common import Activation
 from gaf_optax.models._common import amplification_points
 from gaf_optax.models._common import batch_norm
+from gaf_optax.models._common import check_sync
 from gaf_optax.models._common import conv
 from gaf_optax.models._common import dense
 from gaf_optax.models._common import make_activation
@@ -90,6 +91,15 @@ class VGG(nn.Module):
     amplify_activations: also amplify after each activation.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which every BatchNorm and stateful activation (ANAct) takes its batch
+      statistics, as ``flax.linen.BatchNorm``'s ``axis_name``; None (the
+      default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      normalize over separately (``flax.linen.BatchNorm``'s), or None.
+
+  ``train`` defaults to True, following Flax's examples (see
+  :class:`gaf_optax.models.ResNet`); evaluate with ``train=False``.
 
   Amplification points: after each BN (and each activation), in order.
   """
@@ -100,6 +110,8 @@ class VGG(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -108,18 +120,21 @@ class VGG(nn.Module):
     return convs * (2 if self.amplify_activations else 1)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i, c in enumerate(self.config):
       if c == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
       x = conv(c, 3, use_bias=True, name=f"conv{i}", **kw)(x)
-      x = act(amp(batch_norm(train, name=f"bn{i}", **kw)(x)))
+      x = act(amp(batch_norm(train, name=f"bn{i}", **sync, **kw)(x)))
       if self.amplify_activations:
         x = amp(x)
     amp.check_used_all()
@@ -143,16 +158,20 @@ class _DenseLayer(nn.Module):
   amplify_activations: bool
   dtype: Dtype
   param_dtype: Dtype
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, amp: AmplificationPoints, *,
                train: bool) -> jax.Array:
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = x
     for i, (width, k) in enumerate(((4 * self.growth_rate, 1),
                                     (self.growth_rate, 3))):
-      y = act(amp(batch_norm(train, name=f"bn{i + 1}", **kw)(y)))
+      y = act(amp(batch_norm(train, name=f"bn{i + 1}", **sync, **kw)(y)))
       if self.amplify_activations:
         y = amp(y)
       y = conv(width, k, name=f"conv{i + 1}", **kw)(y)
@@ -177,6 +196,15 @@ class DenseNet(nn.Module):
     amplify_activations: also amplify after each activation.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which every BatchNorm and stateful activation (ANAct) takes its batch
+      statistics, as ``flax.linen.BatchNorm``'s ``axis_name``; None (the
+      default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      normalize over separately (``flax.linen.BatchNorm``'s), or None.
+
+  ``train`` defaults to True, following Flax's examples (see
+  :class:`gaf_optax.models.ResNet`); evaluate with ``train=False``.
 
   Amplification points, in order: after both BNs of each dense layer (on the
   new features only: a layer's input also passes to the concatenation
@@ -192,6 +220,8 @@ class DenseNet(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -200,19 +230,22 @@ class DenseNet(nn.Module):
     return bns * (2 if self.amplify_activations else 1)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = conv(2 * self.growth_rate, 3, name="stem_conv", **kw)(x)
     for i, size in enumerate(self.block_sizes):
       for j in range(size):
         x = _DenseLayer(self.growth_rate, self.act, self.amplify_activations,
-                        name=f"block{i + 1}_layer{j + 1}", **kw)(
+                        name=f"block{i + 1}_layer{j + 1}", **sync, **kw)(
                             x, amp, train=train)
-      x = act(amp(batch_norm(train, name=f"bn{i + 1}", **kw)(x)))
+      x = act(amp(batch_norm(train, name=f"bn{i + 1}", **sync, **kw)(x)))
       if self.amplify_activations:
         x = amp(x)
       if i + 1 < len(self.block_sizes):  # transition
@@ -238,28 +271,32 @@ class _InvertedResidual(nn.Module):
   amplify_activations: bool
   dtype: Dtype
   param_dtype: Dtype
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, amp: AmplificationPoints, *,
                train: bool) -> jax.Array:
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     hidden = self.expansion * x.shape[-1]
     y = conv(hidden, 1, name="conv1", **kw)(x)
-    y = act(amp(batch_norm(train, name="bn1", **kw)(y)))
+    y = act(amp(batch_norm(train, name="bn1", **sync, **kw)(y)))
     if self.amplify_activations:
       y = amp(y)
     y = conv(hidden, 3, self.strides, groups=hidden, name="conv2", **kw)(y)
-    y = act(amp(batch_norm(train, name="bn2", **kw)(y)))
+    y = act(amp(batch_norm(train, name="bn2", **sync, **kw)(y)))
     if self.amplify_activations:
       y = amp(y)
     y = conv(self.features, 1, name="conv3", **kw)(y)
-    y = amp(batch_norm(train, name="bn3", **kw)(y))
+    y = amp(batch_norm(train, name="bn3", **sync, **kw)(y))
     if self.strides != 1:
       return y
     if x.shape[-1] != self.features:
       x = conv(self.features, 1, name="shortcut_conv", **kw)(x)
-      x = batch_norm(train, name="shortcut_bn", **kw)(x)
+      x = batch_norm(train, name="shortcut_bn", **sync, **kw)(x)
     return y + x
 
 
@@ -280,6 +317,15 @@ class MobileNetV2(nn.Module):
     amplify_activations: also amplify after each activation.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which every BatchNorm and stateful activation (ANAct) takes its batch
+      statistics, as ``flax.linen.BatchNorm``'s ``axis_name``; None (the
+      default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      normalize over separately (``flax.linen.BatchNorm``'s), or None.
+
+  ``train`` defaults to True, following Flax's examples (see
+  :class:`gaf_optax.models.ResNet`); evaluate with ``train=False``.
 
   Amplification points, in order: after the stem BN, after ``bn1``, ``bn2``,
   ``bn3`` of each block (not the shortcut BN), after the final BN; with
@@ -296,6 +342,8 @@ class MobileNetV2(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -307,24 +355,28 @@ class MobileNetV2(nn.Module):
     return points
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = conv(self.stem_width, 3, name="stem_conv", **kw)(x)
-    x = act(amp(batch_norm(train, name="stem_bn", **kw)(x)))
+    x = act(amp(batch_norm(train, name="stem_bn", **sync, **kw)(x)))
     if self.amplify_activations:
       x = amp(x)
     for i, (expansion, width, blocks, strides) in enumerate(self.config):
       for j in range(blocks):
         x = _InvertedResidual(width, expansion, strides if j == 0 else 1,
                               self.act, self.amplify_activations,
-                              name=f"stage{i + 1}_block{j + 1}", **kw)(
+                              name=f"stage{i + 1}_block{j + 1}", **sync,
+                              **kw)(
                                   x, amp, train=train)
     x = conv(self.head_width, 1, name="head_conv", **kw)(x)
-    x = act(amp(batch_norm(train, name="head_bn", **kw)(x)))
+    x = act(amp(batch_norm(train, name="head_bn", **sync, **kw)(x)))
     if self.amplify_activations:
       x = amp(x)
     amp.check_used_all()
@@ -347,6 +399,14 @@ class LeNet(nn.Module):
     amplify_activations: also amplify after each activation.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which a stateful activation (ANAct) takes its batch statistics; None
+      (the default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      take statistics over separately, or None.
+
+  ``train`` defaults to True, following Flax's examples (see
+  :class:`gaf_optax.models.ResNet`); evaluate with ``train=False``.
 
   Amplification points (no BN here): after each conv and hidden Dense, before
   its activation; with ``amplify_activations`` also after the activation.
@@ -359,6 +419,8 @@ class LeNet(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -367,11 +429,14 @@ class LeNet(nn.Module):
     return layers * (2 if self.amplify_activations else 1)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i, c in enumerate(self.features):
       x = act(amp(conv(c, 5, padding="VALID", use_bias=True,
@@ -410,6 +475,14 @@ class MLP(nn.Module):
       vanishing-gradient studies.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which a stateful activation (ANAct) takes its batch statistics; None
+      (the default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      take statistics over separately, or None.
+
+  ``train`` defaults to True, following Flax's examples (see
+  :class:`gaf_optax.models.ResNet`); evaluate with ``train=False``.
 
   Amplification points (no BN): after each hidden Dense, before its
   activation; with ``amplify_activations`` also after the activation.
@@ -432,6 +505,8 @@ class MLP(nn.Module):
   init_scale: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -439,11 +514,14 @@ class MLP(nn.Module):
     return len(self.features) * (2 if self.amplify_activations else 1)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
               init_scale=self.init_scale)
     if not 0.0 <= self.dropout_rate < 1.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,11 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from gaf_optax.nn import AmplificationPoints
+from gaf_optax.nn._anact import check_axis_name
 
 __all__ = [
     "Activation",
     "amplification_points",
     "batch_norm",
+    "check_sync",
     "conv",
     "dense",
     "make_activation",
@@ -29,14 +32,24 @@ Dtype = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _is_module_class(act: Any) -> bool:
-  if isinstance(act, functools.partial):
+def _unwrap(act: Any) -> tuple[Any, set[str]]:
+  """The class under nested ``functools.partial`` and the keywords set."""
+  keywords = set()
+  while isinstance(act, functools.partial):
+    keywords |= set(act.keywords)
     act = act.func
+  return act, keywords
+
+
+def _is_module_class(act: Any) -> bool:
+  act, _ = _unwrap(act)
   return isinstance(act, type) and issubclass(act, nn.Module)
 
 
-def make_activation(act: Activation, train: bool) -> Callable[[jax.Array],
-                                                              jax.Array]:
+def make_activation(act: Activation, train: bool, *,
+                    axis_name: Any = None,
+                    axis_index_groups: Any = None
+                    ) -> Callable[[jax.Array], jax.Array]:
   """Turns a model's ``act`` attribute into a function of one array.
 
   ``act`` may be a plain function (``nn.relu``, ``gaf_optax.nn.gaaf_relu``)
@@ -45,11 +58,16 @@ def make_activation(act: Activation, train: bool) -> Callable[[jax.Array],
   instantiated at each call of the returned function, so it must be called
   inside a module's compact method: every activation site then gets its own
   submodule (its own ``batch_stats``), called with
-  ``use_running_average=not train``.
+  ``use_running_average=not train``. A module class with an ``axis_name``
+  field (ANAct has one) gets the model's ``axis_name`` and
+  ``axis_index_groups`` unless the ``functools.partial`` already sets them
+  (the user's explicit choice wins); other classes get neither.
 
   Args:
     act: an activation function or an ``nn.Module`` subclass.
     train: whether the model runs in training mode.
+    axis_name: the model's mapped batch axis for synced statistics, or None.
+    axis_index_groups: the model's groups along ``axis_name``, or None.
 
   Returns:
     A function ``x -> activated x``.
@@ -61,11 +79,21 @@ def make_activation(act: Activation, train: bool) -> Callable[[jax.Array],
     [0.0, 0.0]
   """
   if _is_module_class(act):
-    return lambda x: act()(x, use_running_average=not train)
+    cls, keywords = _unwrap(act)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    sync = {k: v for k, v in (("axis_name", axis_name),
+                              ("axis_index_groups", axis_index_groups))
+            if v is not None and k in fields and k not in keywords}
+    return lambda x: act(**sync)(x, use_running_average=not train)
   if not callable(act):
     raise ValueError(f"act must be a function or an nn.Module class; got "
                      f"{act!r}.")
   return act
+
+
+def check_sync(model: Any) -> None:
+  """Raises TypeError / ValueError for a bad ``axis_name`` on a model."""
+  check_axis_name(model.axis_name, model.axis_index_groups)
 
 
 def amplification_points(amp_factors: jax.Array | None,
@@ -132,16 +160,21 @@ def conv(features: int, kernel_size: int, strides: int = 1, *,
 
 def batch_norm(train: bool, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32,
+               axis_name: Any = None, axis_index_groups: Any = None,
                name: str | None = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults: momentum 0.9, epsilon 1e-5.
 
   Batch statistics in training, running statistics in evaluation. The
   statistics are computed in float32 even for bf16 inputs (Flax promotes
-  them), so ``dtype=jnp.bfloat16`` is safe.
+  them), so ``dtype=jnp.bfloat16`` is safe. ``axis_name`` and
+  ``axis_index_groups`` are ``flax.linen.BatchNorm``'s: under ``jax.pmap``
+  or ``shard_map`` over that axis the batch statistics are the global
+  batch's.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                       epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
-                      name=name)
+                      axis_name=axis_name,
+                      axis_index_groups=axis_index_groups, name=name)
 
 
 def dense(features: int, *, dtype: Dtype = jnp.float32,

@@ -29,6 +29,12 @@ class NNXModel(nnx.Module):
   statistics (they set ``use_running_average``), as for NNX's own layers.
   In training mode a call updates the ``nnx.BatchStat`` variables.
 
+  Data parallelism: built with ``get_nnx(name, ..., axis_name="batch")``,
+  the wrapped model's BatchNorm and ANAct take the global batch's
+  statistics under ``jax.pmap`` / ``shard_map`` over that axis (``nnx.split``
+  the model outside, ``nnx.merge`` it inside the mapped step), as for the
+  Linen model.
+
   With ``amplification=True`` the model holds its amplification factors as
   one :class:`gaf_optax.nnx.AmplificationFactors` variable of shape
   ``(num_amplification_points,)``, all ones at first (the identity). Write

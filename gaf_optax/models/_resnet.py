@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from gaf_optax.models._common import Activation
 from gaf_optax.models._common import amplification_points
 from gaf_optax.models._common import batch_norm
+from gaf_optax.models._common import check_sync
 from gaf_optax.models._common import conv
 from gaf_optax.models._common import dense
 from gaf_optax.models._common import make_activation
@@ -83,6 +84,8 @@ class _Block(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   # Output channels = features * expansion; amplification points per block:
   # one per BN of the residual branch, plus one per activation of the branch
@@ -97,7 +100,12 @@ class _Block(nn.Module):
 
   def _norm(self, train, name):
     return batch_norm(train, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name=name)
+                      axis_name=self.axis_name,
+                      axis_index_groups=self.axis_index_groups, name=name)
+
+  def _act(self, train):
+    return make_activation(self.act, train, axis_name=self.axis_name,
+                           axis_index_groups=self.axis_index_groups)
 
   def _squeeze_excite(self, y):
     if self.se_reduction is None:
@@ -142,7 +150,7 @@ class BasicBlock(_Block):
   @nn.compact
   def __call__(self, x: jax.Array, amp: AmplificationPoints, *,
                train: bool) -> jax.Array:
-    act = make_activation(self.act, train)
+    act = self._act(train)
     y = self._conv(self.features, 3, self.strides, name="conv1")(x)
     y = act(amp(self._norm(train, "bn1")(y)))
     if self.amplify_activations:
@@ -167,7 +175,7 @@ class Bottleneck(_Block):
   @nn.compact
   def __call__(self, x: jax.Array, amp: AmplificationPoints, *,
                train: bool) -> jax.Array:
-    act = make_activation(self.act, train)
+    act = self._act(train)
     y = self._conv(self.features, 1, name="conv1")(x)
     y = act(amp(self._norm(train, "bn1")(y)))
     if self.amplify_activations:
@@ -203,7 +211,7 @@ class PreActBlock(_Block):
   @nn.compact
   def __call__(self, x: jax.Array, amp: AmplificationPoints, *,
                train: bool) -> jax.Array:
-    act = make_activation(self.act, train)
+    act = self._act(train)
     h = act(self._norm(train, "bn1")(x))
     if self._changes_shape(x) and self.shortcut == "B":
       shortcut = self._shortcut(h, train, norm=False)
@@ -236,6 +244,19 @@ class ResNet(nn.Module):
       activations of the residual branches and the stem.
     dtype: computation dtype (e.g. ``jnp.bfloat16``).
     param_dtype: parameter dtype.
+    axis_name: the mapped batch axis (``jax.pmap`` / ``shard_map``) over
+      which every BatchNorm and stateful activation (ANAct) takes its batch
+      statistics, as ``flax.linen.BatchNorm``'s ``axis_name``; None (the
+      default): each device's own batch.
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      normalize over separately (``flax.linen.BatchNorm``'s), or None.
+
+  Called as ``model.apply(variables, x, train=..., amp_factors=...)``.
+  ``train`` defaults to True, following Flax's examples (examples/imagenet's
+  ResNet): ``model.init(key, x)`` works without it (initializing updates
+  and syncs no statistics), and a training step is ``model.apply(variables,
+  x, mutable=["batch_stats"])``. Evaluate with ``train=False``; the default
+  without ``mutable`` raises rather than silently evaluate.
 
   Amplification points, in forward order: after the stem's BN (and its
   activation), then per block as documented on the block classes. None on
@@ -253,6 +274,8 @@ class ResNet(nn.Module):
   amplify_activations: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  axis_name: str | tuple[str, ...] | None = None
+  axis_index_groups: Any = None
 
   @property
   def num_amplification_points(self) -> int:
@@ -265,8 +288,9 @@ class ResNet(nn.Module):
     return stem + per_block * sum(self.stage_sizes)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool,
+  def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
+    check_sync(self)
     if self.stem not in _STEMS:
       raise ValueError(f"stem must be one of {_STEMS}; got {self.stem!r}.")
     if self.shortcut not in _SHORTCUTS:
@@ -277,14 +301,16 @@ class ResNet(nn.Module):
                        f"{self.stage_sizes} differ in length.")
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
-    act = make_activation(self.act, train)
+    sync = dict(axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups)
+    act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.stem == "imagenet":
       x = conv(self.widths[0], 7, 2, name="stem_conv", **kw)(x)
     else:
       x = conv(self.widths[0], 3, name="stem_conv", **kw)(x)
     if self.stem != "cifar_preact":
-      x = act(amp(batch_norm(train, name="stem_bn", **kw)(x)))
+      x = act(amp(batch_norm(train, name="stem_bn", **sync, **kw)(x)))
       if self.amplify_activations:
         x = amp(x)
     if self.stem == "imagenet":
@@ -296,7 +322,8 @@ class ResNet(nn.Module):
             features=width, strides=2 if i > 0 and j == 0 else 1,
             shortcut=self.shortcut, se_reduction=self.se_reduction,
             act=self.act, amplify_activations=self.amplify_activations,
-            name=f"stage{i + 1}_block{j + 1}", **kw)(x, amp, train=train)
+            name=f"stage{i + 1}_block{j + 1}", **sync, **kw)(
+                x, amp, train=train)
     amp.check_used_all()
     x = jnp.mean(x, axis=(1, 2))
     return dense(self.num_classes, name="head", **kw)(x)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -61,10 +61,36 @@ __all__ = ["ANAct", "NGELU", "NReLU", "NSwish", "NTanh", "anact_lambda",
 
 _MODES = ("geometric", "forward", "backward")
 
+# A mapped axis to reduce over: a name, a tuple of names, or None.
+AxisName = str | tuple[str, ...] | None
+
+
+def check_axis_name(axis_name: Any, axis_index_groups: Any) -> None:
+  """Raises TypeError / ValueError for a bad ``axis_name`` or groups."""
+  if axis_name is not None and not isinstance(axis_name, str) and not (
+      isinstance(axis_name, tuple) and axis_name
+      and all(isinstance(a, str) for a in axis_name)):
+    raise TypeError("axis_name must be None, a str or a non-empty tuple of "
+                    f"str; got {axis_name!r}.")
+  if axis_index_groups is not None and axis_name is None:
+    raise ValueError("axis_index_groups needs an axis_name to group along; "
+                     f"got axis_index_groups={axis_index_groups!r} and "
+                     "axis_name=None.")
+
 
 def anact_lambda(activation: Callable[[jax.Array], jax.Array], y: jax.Array,
-                 *, mode: str = "geometric", axes=None, epsilon: float = 1e-5):
+                 *, mode: str = "geometric", axes=None, epsilon: float = 1e-5,
+                 axis_name: AxisName = None, axis_index_groups: Any = None):
   """The batch normalization factor of ANAct and its gains (our design).
+
+  With ``axis_name`` (inside ``jax.pmap`` or ``shard_map`` over that axis,
+  each device holding an equal share of the batch) the statistics are those
+  of the global batch: the mean ``E[y]`` is ``lax.pmean``-ed first, then the
+  means of ``(y - E[y])**2``, ``f(y)**2`` and ``f'(y)**2`` (two all-reduces).
+  So ``Var[y]`` is the variance of the global batch as ``jnp.var`` computes
+  it on one device, not a mean of per-device variances (our choice of the
+  two-pass form; ``flax.linen.BatchNorm`` by default takes ``E[y**2] -
+  E[y]**2`` in one all-reduce).
 
   Args:
     activation: the elementwise activation ``f``.
@@ -72,9 +98,15 @@ def anact_lambda(activation: Callable[[jax.Array], jax.Array], y: jax.Array,
     mode: ``"geometric"``, ``"forward"`` or ``"backward"``.
     axes: axes the statistics are taken over (None: all).
     epsilon: added to ``Var[y]``, ``E[f(y)**2]`` and ``rho'``.
+    axis_name: the mapped axis (a name, or a tuple of names) to take the
+      statistics over as well, or None (this device's batch only).
+    axis_index_groups: groups of device indices along ``axis_name`` to
+      reduce over separately, as ``jax.lax.pmean`` takes them (``pmap``
+      only), or None (all).
 
   Returns:
-    ``(lambda, rho, rho_prime)``, float32, reduced over ``axes``.
+    ``(lambda, rho, rho_prime)``, float32, reduced over ``axes`` (and
+    ``axis_name``).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -83,14 +115,37 @@ def anact_lambda(activation: Callable[[jax.Array], jax.Array], y: jax.Array,
     >>> lam, rho, rho_p = anact_lambda(jax.nn.relu, y)
     >>> round(float(lam), 2)  # sqrt(2) for ReLU
     1.41
+
+    Synced over a mapped axis (``jax.vmap`` stands in here for
+    ``jax.pmap`` over devices; both name the axis), every shard gets the
+    whole batch's lambda:
+
+    >>> shards = y.reshape(4, 50_000) * jnp.arange(1.0, 5.0)[:, None]
+    >>> whole, _, _ = anact_lambda(jax.nn.relu, shards.reshape(-1))
+    >>> synced = jax.vmap(
+    ...     lambda s: anact_lambda(jax.nn.relu, s, axis_name="b")[0],
+    ...     axis_name="b")(shards)
+    >>> bool(jnp.allclose(synced, whole, rtol=1e-5))
+    True
   """
   if mode not in _MODES:
     raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
+  check_axis_name(axis_name, axis_index_groups)
   y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
   f, df = jax.jvp(activation, (y,), (jnp.ones_like(y),))
-  var = jnp.var(y, axis=axes)
-  rho = (jnp.mean(f * f, axis=axes) + epsilon) / (var + epsilon)
-  rho_prime = jnp.mean(df * df, axis=axes) + epsilon
+  if axis_name is None:
+    var = jnp.var(y, axis=axes)
+    mean_f2 = jnp.mean(f * f, axis=axes)
+    mean_df2 = jnp.mean(df * df, axis=axes)
+  else:
+    pmean = functools.partial(jax.lax.pmean, axis_name=axis_name,
+                              axis_index_groups=axis_index_groups)
+    mu = pmean(jnp.mean(y, axis=axes, keepdims=True))
+    sq = jnp.square(y - mu)
+    var, mean_f2, mean_df2 = pmean(
+        jnp.stack([jnp.mean(v, axis=axes) for v in (sq, f * f, df * df)]))
+  rho = (mean_f2 + epsilon) / (var + epsilon)
+  rho_prime = mean_df2 + epsilon
   if mode == "geometric":
     lam = (rho * rho_prime) ** -0.25
   elif mode == "forward":
@@ -152,7 +207,9 @@ class ANAct(nn.Module):
   axis) in ``batch_stats/lambda``, and returns ``lambda * activation(x)``
   with no gradient through lambda. The batch's ``rho``, ``rho_prime`` and
   lambda (:func:`anact_lambda`) are sown into the ``intermediates``
-  collection (``model.apply(..., mutable=['intermediates', 'batch_stats'])``).
+  collection (``model.apply(..., mutable=['intermediates', 'batch_stats'])``)
+  in training calls; ``init`` sows nothing and stores the initial lambda,
+  in either mode.
 
   Two rules set lambda; both are our design (the module docstring says
   what is the paper's):
@@ -204,6 +261,16 @@ class ANAct(nn.Module):
   fewer of the collapses that the full gain caused (study 7); set 1 for the
   paper's form of the gain.
 
+  Data parallelism: under ``jax.pmap`` or ``shard_map``, set
+  ``axis_name`` to the mapped batch axis (as for ``flax.linen.BatchNorm``).
+  The batch statistics are then those of the global batch
+  (:func:`anact_lambda`), so every replica computes the same lambda and
+  stores the same value, the one a single device computes on the whole
+  batch. Without it each replica uses its own shard's statistics and the
+  replicas' lambdas drift apart. As in ``flax.linen.BatchNorm``, the
+  statistics are not synced while initializing, so ``init`` needs no mapped
+  axis (it stores the initial lambda either way).
+
   Attributes:
     activation: the elementwise activation (default Swish).
     mode: ``"geometric"`` (default), ``"forward"`` or ``"backward"``.
@@ -218,6 +285,11 @@ class ANAct(nn.Module):
     backward_exponent: the power of lambda in the backward pass, in
       ``[0, 1]`` (1: the derivative of ``lambda * f``).
     use_running_average: default for the call argument.
+    axis_name: the mapped axis (or tuple of axes) whose devices share the
+      batch statistics, or None (default: this device's batch only).
+    axis_index_groups: groups of device indices along ``axis_name`` that
+      share statistics separately (``jax.lax.pmean``'s; ``pmap`` only), or
+      None (all devices).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -244,6 +316,8 @@ class ANAct(nn.Module):
   max_step: float = 0.001
   backward_exponent: float = 0.5
   use_running_average: bool | None = None
+  axis_name: AxisName = None
+  axis_index_groups: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array,
@@ -255,12 +329,14 @@ class ANAct(nn.Module):
     stored = self.variable("batch_stats", "lambda",
                            lambda: initial_lambda(self, shape))
     y, new_lam, stats = forward(self, x, stored.value,
-                                train=not use_running_average)
-    if stats is not None:
+                                train=not use_running_average,
+                                sync=not self.is_initializing())
+    # Initializing sows and stores nothing: init in training mode returns
+    # the same variables as in evaluation mode (as flax.linen.BatchNorm).
+    if stats is not None and not self.is_initializing():
       for name, value in stats.items():
         self.sow("intermediates", name, value)
-      if not self.is_initializing():
-        stored.value = new_lam
+      stored.value = new_lam
     return y
 
 
@@ -286,6 +362,7 @@ def check_config(cfg) -> None:
       or not 0.0 <= exponent <= 1.0):
     raise ValueError("backward_exponent must be a number in [0, 1]; got "
                      f"{exponent!r}.")
+  check_axis_name(cfg.axis_name, cfg.axis_index_groups)
 
 
 def initial_lambda(cfg, shape: tuple[int, ...]) -> jax.Array:
@@ -295,7 +372,8 @@ def initial_lambda(cfg, shape: tuple[int, ...]) -> jax.Array:
   return jnp.full(shape, start, jnp.float32)
 
 
-def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
+def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool,
+            sync: bool = True):
   """One ANAct call as a pure function (Linen and NNX modules share it).
 
   Args:
@@ -303,6 +381,8 @@ def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
     x: pre-activations.
     stored: the stored lambda (``batch_stats/lambda``).
     train: update lambda from this batch (else use ``stored``).
+    sync: take the statistics over ``cfg.axis_name`` too (Linen turns it off
+      while initializing, where no mapped axis need exist).
 
   Returns:
     ``(y, new_stored, stats)``: the output, the lambda to store after this
@@ -313,7 +393,9 @@ def forward(cfg, x: jax.Array, stored: jax.Array, *, train: bool):
     return _gained(cfg, x, stored), stored, None
   axes = tuple(range(x.ndim - 1)) if cfg.per_channel else None
   lam_batch, rho, rho_prime = anact_lambda(
-      cfg.activation, x, mode=cfg.mode, axes=axes, epsilon=cfg.epsilon)
+      cfg.activation, x, mode=cfg.mode, axes=axes, epsilon=cfg.epsilon,
+      axis_name=cfg.axis_name if sync else None,
+      axis_index_groups=cfg.axis_index_groups if sync else None)
   lam_batch = jax.lax.stop_gradient(lam_batch)
   stats = {"rho": rho, "rho_prime": rho_prime, "lambda": lam_batch}
   if cfg.rule == "running":

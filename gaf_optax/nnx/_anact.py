@@ -9,7 +9,7 @@ and the same new lambda (tested).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 from flax import nnx
@@ -34,6 +34,11 @@ class ANAct(nnx.Module):
   nothing (Flax 0.12 deprecates ``sow`` outside ``nnx.capture``); the
   batch's gains are :func:`gaf_optax.nn.anact_lambda` of its input.
 
+  Under ``jax.pmap`` or ``shard_map``, ``axis_name`` (the mapped batch axis,
+  as for ``nnx.BatchNorm``) makes the statistics those of the global batch,
+  so every replica stores the lambda a single device computes on the whole
+  batch (see :class:`gaf_optax.nn.ANAct`).
+
   Args:
     num_features: the size of the last axis; needed (only) with
       ``per_channel=True``, since NNX creates variables eagerly.
@@ -50,6 +55,11 @@ class ANAct(nnx.Module):
     backward_exponent: the power of lambda in the backward pass, in
       ``[0, 1]`` (default 0.5; 1 is the derivative of ``lambda * f``).
     use_running_average: evaluation mode (use the stored lambda as it is).
+    axis_name: the mapped axis (or tuple of axes) whose devices share the
+      batch statistics, or None (default: this device's batch only).
+    axis_index_groups: groups of device indices along ``axis_name`` that
+      share statistics separately (``jax.lax.pmean``'s; ``pmap`` only), or
+      None (all devices). Stored as a tuple of tuples.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -73,7 +83,9 @@ class ANAct(nnx.Module):
                rule: Literal["running", "batch"] = "running",
                max_ratio: float = 1.05, max_step: float = 0.001,
                backward_exponent: float = 0.5,
-               use_running_average: bool = False):
+               use_running_average: bool = False,
+               axis_name: _anact.AxisName = None,
+               axis_index_groups: Any = None):
     self.activation = activation
     self.mode = mode
     self.momentum = momentum
@@ -84,7 +96,17 @@ class ANAct(nnx.Module):
     self.max_step = max_step
     self.backward_exponent = backward_exponent
     self.use_running_average = use_running_average
+    self.axis_name = axis_name
+    self.axis_index_groups = axis_index_groups
     _anact.check_config(self)
+    if axis_index_groups is not None:
+      try:
+        self.axis_index_groups = tuple(tuple(int(i) for i in group)
+                                       for group in axis_index_groups)
+      except TypeError:
+        raise TypeError("axis_index_groups must be a sequence of sequences "
+                        "of device indices; got "
+                        f"{axis_index_groups!r}.") from None
     if per_channel:
       if not isinstance(num_features, int) or num_features < 1:
         raise ValueError("per_channel=True needs num_features, the size of "
