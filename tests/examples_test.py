@@ -66,3 +66,38 @@ def test_linen_loop_example_trains_and_amplifies():
   assert len(losses) == 60 and losses[-1] < 0.5 * losses[0]
   factors = ns["gaf_optax"].amplification_factors(ns["opt_state"])
   assert sorted(set(factors.tolist())) == [1.0, 2.0]
+
+
+def test_pmap_loop_example_keeps_every_replica_identical():
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  ns = _run("test:pmap-loop")
+  losses = ns["losses"]
+  assert len(losses) == 60 and losses[-1] < 0.5 * losses[0]
+  for leaf in jax.tree.leaves((ns["params"], ns["state"], ns["opt_state"])):
+    assert leaf.shape[0] == jax.local_device_count()
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+  factors = ns["gaf_optax"].amplification_factors(ns["opt_state"])
+  assert 2.0 in np.asarray(factors)  # amplifying from epoch 1 on
+
+
+def test_shard_map_example_steps_as_the_pmap_loop_does():
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import pytest  # pylint: disable=import-outside-toplevel
+  if not hasattr(jax, "shard_map"):
+    pytest.skip("the page shows jax.shard_map (jax >= 0.7)")
+  ns = _run("test:pmap-loop")
+  pmap_step = ns["train_step"]
+  start = (ns["params"], ns["state"], ns["opt_state"])
+  exec(compile(_block("test:shard-map-step"), "flax.md", "exec"), ns)  # pylint: disable=exec-used
+  # The same 20 steps through the pmap loop, from the same state.
+  params, state, opt_state = start
+  x, y, shard = ns["x"], ns["y"], ns["shard"]
+  for i in range(0, 1280, 64):
+    params, state, opt_state, _ = pmap_step(
+        params, state, opt_state, shard(x[i:i + 64]), shard(y[i:i + 64]))
+  for a, b in zip(jax.tree.leaves((ns["params"], ns["state"],
+                                   ns["opt_state"])),
+                  jax.tree.leaves((params, state, opt_state)), strict=True):
+    np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-5)
