@@ -604,7 +604,7 @@ class Run:
           self.snap["plot"] = made
         self._plotted, self._last_plot = version, time.monotonic()
       _write_text(os.path.join(self.out, "results.json"),
-                  json.dumps(snap, indent=1))
+                  json.dumps(snap))
       _write_text(os.path.join(self.out, "results.md"), report(snap) + "\n")
       _write_text(os.path.join(self.out, "resume.json"),
                   json.dumps(resume_archive(snap)))
