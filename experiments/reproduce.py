@@ -5,6 +5,12 @@
         [--workdir runs/reproduce] [--out experiments/results/reproduce]
         [--smoke]
 
+For a machine you keep (checkpoints per arm, resumed by running the
+command again). For a one-shot accelerator machine (a hard time limit,
+only a few small files coming back), use ``python -m
+experiments.accelerator``: the same arms (:func:`make_arm`), three seeds
+vmapped per arm, a deadline that is kept and results after every epoch.
+
 One command for one accelerator. Every arm is a
 :class:`gaf_optax.training.Trainer` run (``fit``) of the CIFAR ResNet-18
 (``gaf_optax.models.get("resnet18")``, 11.2M parameters) on all 50,000
@@ -96,6 +102,7 @@ PAPERS = {
 @dataclasses.dataclass(frozen=True)
 class Setting:
   model: str = "resnet18"
+  model_kwargs: tuple = ()  # (name, value) pairs for models.get
   train_size: int | None = None  # None: all
   test_size: int | None = None
   batch_size: int = BATCH
@@ -112,7 +119,7 @@ def make_arm(setting: Setting, arm: str, ds: data.Dataset, epochs: int,
   dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
   act = {"swish": nn.swish, "nswish": gnn.NSwish}.get(arm, nn.relu)
   model = models.get(setting.model, num_classes=ds.num_classes, act=act,
-                     dtype=dtype)
+                     dtype=dtype, **dict(setting.model_kwargs))
   spe = data.steps_per_epoch(ds, setting.batch_size)
   lr = LR * ALPHA * BETA if arm == "sgd_matched" else LR
   schedule = optax.cosine_decay_schedule(lr, epochs * spe)

@@ -336,6 +336,7 @@ class Trainer:
       compiler_options = default_compiler_options(self.mesh)
     self.compiler_options = compiler_options or None
     self._state = None  # built on first use (fit_seeds does not need it)
+    self._seeds_compiled = None  # fit_seeds' per-epoch programs
     compiler_options = self.compiler_options
     self._train_step = jax.jit(self.step_fn, donate_argnums=0,
                                out_shardings=(self.state_sharding, None),
@@ -749,7 +750,8 @@ class Trainer:
         "state": self.state,
     }
 
-  def fit_seeds(self, seeds: Sequence[int], *, probe: Probe | None = None
+  def fit_seeds(self, seeds: Sequence[int], *, probe: Probe | None = None,
+                on_epoch: Callable[[int, dict], Any] | None = None
                 ) -> dict[str, Any]:
     """Trains one run per seed in one jitted function, on one device.
 
@@ -762,67 +764,66 @@ class Trainer:
     (:class:`gaf_optax.data.ArraySource`, e.g. digits or any
     :func:`gaf_optax.data.subset`); the whole test set is one batch.
 
+    With ``on_epoch`` the epochs run as one jitted program each, called
+    from a Python loop (the same vmapped steps and evaluation; tested equal
+    to the single program), so that a caller can report, or stop, between
+    epochs. Design: a program per epoch rather than a host callback inside
+    the scan, which would stall the device at every epoch and could not end
+    the run. :meth:`compile_seeds` compiles these programs ahead of time.
+
     Args:
       seeds: the runs' seeds.
       probe: ``state -> dict`` of arrays, traced into every epoch's end.
+      on_epoch: ``(epoch, record) -> stop`` after each epoch (``epoch``
+        counts from 1; ``record`` is that epoch's values as host arrays
+        ``[seeds, ...]``, the keys below); a true return ends training
+        after that epoch.
 
     Returns:
       ``{key: array [seeds, epochs, ...]}``: ``train_loss``,
       ``train_accuracy``, ``test_loss``, ``test_accuracy``, the epoch mean of
       every per-step metric (``loss``, ``grad_norm`` and the telemetry's),
       the probe's values; ``steps``: every step's metrics ``[seeds, epochs,
-      steps_per_epoch, ...]``; ``telemetry_names``.
+      steps_per_epoch, ...]``; ``telemetry_names``. ``epochs`` is the number
+      run (fewer than ``num_epochs`` when ``on_epoch`` stopped it).
     """
+    self._check_seeds_sources()
     train, test = self.dataset.train, self.dataset.test
-    for name, src in (("train", train), ("test", test)):
-      if not isinstance(src, data_lib.ArraySource):
-        raise ValueError(
-            f"fit_seeds needs in-memory sources; dataset.{name} is a "
-            f"{type(src).__name__}. Use fit(), or gaf_optax.data.subset().")
     seeds = [int(s) for s in seeds]
     spe, bs, n = self.steps_per_epoch, self.batch_size, len(train)
     idx = np.stack([np.stack([
         data_lib.epoch_order(n, seed=s, epoch=e)[:spe * bs].reshape(spe, bs)
         for e in range(self.num_epochs)]) for s in seeds]).astype(np.int32)
-    if isinstance(self._model, _nnx.NNXFunctional):
-      raise ValueError(
-          "fit_seeds draws each seed's initial parameters, but an NNX module "
-          "is created with its parameters; train one NNX model per seed "
-          "with fit(), or pass the Linen model.")
-    model, tx, shape = self._model, self.tx, self.dataset.image_shape
+    device = self.mesh.devices.flat[0]
+    if on_epoch is not None:
+      compiled = self._seeds_compiled_for(len(seeds), probe)
+      put = lambda x: jax.device_put(x, device)
+      xtr, ytr = put(train.images), put(train.labels)
+      test_batch = {"image": put(test.images), "label": put(test.labels)}
+      state = compiled["init"](put(np.asarray(seeds, np.int32)))
+      records = []
+      for e in range(self.num_epochs):
+        state, record = compiled["epoch"](state, put(idx[:, e]), xtr, ytr,
+                                          test_batch)
+        records.append(jax.tree.map(np.asarray, record))
+        if on_epoch(e + 1, records[-1]):
+          break
+      out = jax.tree.map(lambda *xs: np.stack(xs, 1), *records)
+      out["telemetry_names"] = self.telemetry_names()
+      return out
+
+    init, epoch = self._seeds_program(probe)
 
     # The data are arguments, not closed-over constants: XLA compiles a
     # program with large constants much more slowly.
     def run(seed, order, xtr, ytr, test_batch):
-      state = _step.init_state(model, tx, seed, shape)
-
-      def train_step(state, rows):
-        return self.step_fn(state, {"image": xtr[rows], "label": ytr[rows]})
-
-      def epoch(state, rows):
-        state, metrics = jax.lax.scan(train_step, state, rows)
-        # Steps with a non-finite loss add nothing to the sums; an epoch
-        # without a finite step has no train loss (NaN, not 0).
-        count = state.sums["count"]
-        seen = jnp.where(count > 0, count, jnp.nan)
-        totals = self.eval_fn(state, test_batch)
-        record = {"train_loss": state.sums["loss"] / seen,
-                  "train_accuracy": state.sums["correct"] / seen,
-                  "test_loss": totals["loss"] / totals["count"],
-                  "test_accuracy": totals["correct"] / totals["count"],
-                  **{k: jnp.mean(v, 0) for k, v in metrics.items()},
-                  "steps": metrics}
-        state = state.replace(sums=_step.zero_sums())
-        if probe is not None:
-          record.update(probe(state))
-        return state, record
-
-      _, history = jax.lax.scan(epoch, state, order)
+      _, history = jax.lax.scan(
+          lambda state, rows: epoch(state, rows, xtr, ytr, test_batch),
+          init(seed), order)
       return history
 
     fn = jax.jit(jax.vmap(run, in_axes=(0, 0, None, None, None)),
                  compiler_options=self.compiler_options)
-    device = self.mesh.devices.flat[0]
     with jax.default_device(device):
       history = fn(jnp.asarray(seeds, jnp.int32), jnp.asarray(idx),
                    jnp.asarray(train.images), jnp.asarray(train.labels),
@@ -831,6 +832,104 @@ class Trainer:
     out = jax.tree.map(np.asarray, history)
     out["telemetry_names"] = self.telemetry_names()
     return out
+
+  def compile_seeds(self, seeds: Sequence[int], *,
+                    probe: Probe | None = None) -> float:
+    """Compiles the programs of ``fit_seeds(seeds, on_epoch=...)`` ahead.
+
+    They depend on the number of seeds (not their values) and the probe;
+    :meth:`fit_seeds` with ``on_epoch`` then runs them without compiling.
+    Safe to call from another thread while other trainers run (e.g. to
+    compile the next run of a sequence during this one).
+
+    Args:
+      seeds: the runs' seeds (only their number matters).
+      probe: as for :meth:`fit_seeds`.
+
+    Returns:
+      The seconds that compiling took (0 when already compiled).
+    """
+    self._check_seeds_sources()
+    start = time.perf_counter()
+    kept = self._seeds_compiled
+    self._seeds_compiled_for(len(seeds), probe)
+    return 0.0 if kept is self._seeds_compiled else (time.perf_counter() -
+                                                     start)
+
+  def _seeds_compiled_for(self, num_seeds: int, probe: Probe | None) -> dict:
+    """The compiled per-epoch programs (``init``, ``epoch``), kept."""
+    kept = self._seeds_compiled
+    if kept is not None and kept["key"] == (num_seeds, probe):
+      return kept
+    init, epoch = self._seeds_program(probe)
+    where = jax.sharding.SingleDeviceSharding(self.mesh.devices.flat[0])
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
+                                                     sharding=where)
+    train, test = self.dataset.train, self.dataset.test
+    init_fn = jax.jit(jax.vmap(init), compiler_options=self.compiler_options)
+    seeds_spec = spec((num_seeds,), np.int32)
+    state_spec = jax.tree.map(lambda x: spec(x.shape, x.dtype),
+                              jax.eval_shape(init_fn, seeds_spec))
+    epoch_fn = jax.jit(jax.vmap(epoch, in_axes=(0, 0, None, None, None)),
+                       donate_argnums=0,
+                       compiler_options=self.compiler_options)
+    self._seeds_compiled = {
+        "key": (num_seeds, probe),
+        "init": init_fn.lower(seeds_spec).compile(),
+        "epoch": epoch_fn.lower(
+            state_spec,
+            spec((num_seeds, self.steps_per_epoch, self.batch_size),
+                 np.int32),
+            spec(train.images.shape, train.images.dtype),
+            spec(train.labels.shape, train.labels.dtype),
+            {"image": spec(test.images.shape, test.images.dtype),
+             "label": spec(test.labels.shape, test.labels.dtype)}).compile()}
+    return self._seeds_compiled
+
+  def _check_seeds_sources(self) -> None:
+    for name, src in (("train", self.dataset.train),
+                      ("test", self.dataset.test)):
+      if not isinstance(src, data_lib.ArraySource):
+        raise ValueError(
+            f"fit_seeds needs in-memory sources; dataset.{name} is a "
+            f"{type(src).__name__}. Use fit(), or gaf_optax.data.subset().")
+    if isinstance(self._model, _nnx.NNXFunctional):
+      raise ValueError(
+          "fit_seeds draws each seed's initial parameters, but an NNX module "
+          "is created with its parameters; train one NNX model per seed "
+          "with fit(), or pass the Linen model.")
+
+  def _seeds_program(self, probe: Probe | None):
+    """``fit_seeds``' pure pieces for one seed: ``init(seed) -> state`` and
+    ``epoch(state, rows, train_images, train_labels, test_batch) -> (state,
+    record)``."""
+    model, tx, shape = self._model, self.tx, self.dataset.image_shape
+
+    def init(seed):
+      return _step.init_state(model, tx, seed, shape)
+
+    def epoch(state, rows, xtr, ytr, test_batch):
+      def train_step(state, rows):
+        return self.step_fn(state, {"image": xtr[rows], "label": ytr[rows]})
+
+      state, metrics = jax.lax.scan(train_step, state, rows)
+      # Steps with a non-finite loss add nothing to the sums; an epoch
+      # without a finite step has no train loss (NaN, not 0).
+      count = state.sums["count"]
+      seen = jnp.where(count > 0, count, jnp.nan)
+      totals = self.eval_fn(state, test_batch)
+      record = {"train_loss": state.sums["loss"] / seen,
+                "train_accuracy": state.sums["correct"] / seen,
+                "test_loss": totals["loss"] / totals["count"],
+                "test_accuracy": totals["correct"] / totals["count"],
+                **{k: jnp.mean(v, 0) for k, v in metrics.items()},
+                "steps": metrics}
+      state = state.replace(sums=_step.zero_sums())
+      if probe is not None:
+        record.update(probe(state))
+      return state, record
+
+    return init, epoch
 
 
 def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
