@@ -9,6 +9,14 @@ each optimizer and layout, and reports the bytes that one device holds
 computed from a formula), with the ratio to the replicated layout. FSDP
 keeps arrays under ``--fsdp-min-bytes`` (default 1 MiB) whole, as the
 trainer does by default.
+
+The trainer pins its state's sharding (``out_shardings``), so those figures
+hold whatever an optimizer's update does. The last two columns show what the
+update itself does to the FSDP state: the bytes one device holds after one
+``jax.jit(tx.update)`` on it (the update's own output shardings, as in a
+user's train step without ``out_shardings``) and the all-gathers XLA
+compiled into that update (an update that keeps each parameter's sharding
+has none).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-OPTIMIZERS = ("sgd", "sgd_gaf", "adam")
+OPTIMIZERS = ("sgd", "sgd_gaf", "adam", "adam_gaf")
 
 
 def _tx(name):
@@ -24,12 +32,26 @@ def _tx(name):
   import gaf_optax  # pylint: disable=g-import-not-at-top
   return {"sgd": lambda: optax.sgd(0.1, 0.9),
           "sgd_gaf": lambda: gaf_optax.sgd_gaf(0.1, 0.9),
-          "adam": lambda: optax.adam(1e-3)}[name]()
+          "adam": lambda: optax.adam(1e-3),
+          "adam_gaf": lambda: gaf_optax.adam_gaf(1e-3)}[name]()
+
+
+def _all_gathers(compiled) -> int:
+  """All-gather instructions (not mentions) in a compiled program."""
+  import re  # pylint: disable=g-import-not-at-top
+  return len(re.findall(r"\ball-gather(?:-start)?\(", compiled.as_text()))
 
 
 def measure(model_name: str, devices: int, optimizers, min_bytes: int
             ) -> dict[tuple[str, str], int]:
-  """``{(optimizer, layout): bytes on device 0}`` of params + opt state."""
+  """Bytes on device 0 of params + opt state, and the update's all-gathers.
+
+  Returns:
+    ``{(optimizer, layout): bytes}`` for the layouts ``"replicated"`` and
+    ``"fsdp"`` (the trainer's state), ``{(optimizer, "fsdp_updated"):
+    bytes}`` after one jitted update of the FSDP state and
+    ``{(optimizer, "fsdp_update_all_gathers"): count}`` in that update.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gaf_optax import data, models, training  # pylint: disable=g-import-not-at-top
@@ -53,6 +75,16 @@ def measure(model_name: str, devices: int, optimizers, min_bytes: int
       state = trainer.state
       out[(opt, layout)] = training.per_device_bytes(
           (state.params, state.opt_state))
+      if layout == "fsdp":
+        # The parameters stand in for gradients: same shapes, same sharding.
+        update = jax.jit(trainer.tx.update)
+        args = (state.params, state.opt_state, state.params)
+        out[(opt, "fsdp_update_all_gathers")] = _all_gathers(
+            update.lower(*args).compile())
+        _, new_opt_state = update(*args)
+        out[(opt, "fsdp_updated")] = training.per_device_bytes(
+            (state.params, new_opt_state))
+        del new_opt_state
       del trainer, state
       jax.clear_caches()
   return out
@@ -81,12 +113,15 @@ def main(argv=None) -> dict:
   res = measure(args.model, args.devices, optimizers, args.fsdp_min_bytes)
   print(f"{args.model}, {args.devices} devices, params + optimizer state on "
         f"one device, jax {jax.__version__}")
-  print("| optimizer | replicated MiB | fsdp MiB | fsdp / replicated |")
-  print("|---|---|---|---|")
+  print("| optimizer | replicated MiB | fsdp MiB | fsdp / replicated | "
+        "fsdp MiB after jit(update) | all-gathers in update |")
+  print("|---|---|---|---|---|---|")
   for opt in optimizers:
     rep, part = res[(opt, "replicated")], res[(opt, "fsdp")]
+    after = res[(opt, "fsdp_updated")]
     print(f"| {opt} | {rep / 2**20:.1f} | {part / 2**20:.1f} | "
-          f"{part / rep:.3f} |")
+          f"{part / rep:.3f} | {after / 2**20:.1f} | "
+          f"{res[(opt, 'fsdp_update_all_gathers')]} |")
   sys.stdout.flush()
   return res
 

@@ -32,6 +32,12 @@ under jit) are not checked. Parameters and updates must have floating dtypes:
 complex or integer leaves raise a TypeError (leave them out with
 :func:`optax.masked`).
 
+Sharding: every transformation keeps each parameter's sharding for its
+state and its update (FSDP included, on auto and explicit-axes meshes): the
+per-leaf passes of :func:`sgd_gaf` and :func:`adam_gaf` reshape a leaf to a
+wider view on CPU (faster loops) only where that cannot merge a dimension
+split across devices, and otherwise run on the leaf's own shape.
+
 Non-finite gradients are not checked either (a check would cost a host sync
 per step, or skip steps silently). arctan and tanh map ``+-inf`` to their
 bound and NaN stays NaN, so a non-finite gradient that reaches a moment or
@@ -50,9 +56,11 @@ from typing import Any, Literal, NamedTuple, Union
 
 import chex
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.interpreters import mlir
 
 __all__ = [
     "GafState",
@@ -354,15 +362,105 @@ def _flat_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(dims)
 
 
-def _explicitly_sharded(x: jax.Array, merged_from: int) -> bool:
-  """Whether an explicit-sharding axis sits on dims >= merged_from + 1."""
+def _split_on(mesh: Any, spec: Any, merged_from: int) -> bool:
+  """Whether ``spec`` on ``mesh`` splits a dimension after ``merged_from``."""
+  sizes = dict(mesh.shape)
+  for entry in tuple(spec or ())[merged_from + 1:]:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    if any(n is not None and sizes.get(n, 1) > 1 for n in names):
+      return True
+  return False
+
+
+def _leaf_split(x: Any, merged_from: int) -> bool | None:
+  """Whether ``x`` is split across devices on a dimension > ``merged_from``.
+
+  The wide view merges dimensions ``merged_from`` and up into its minor one:
+  a split of ``merged_from`` itself stays a contiguous split of the merged
+  dimension, a split of a later one would not. True or False where the
+  array or its type tells; None where only the compiled program knows: a
+  traced leaf whose type carries no mesh (an uncommitted argument that
+  ``jax.jit(in_shardings=...)`` places, a value made inside the function).
+  Types tell on an explicit-axes mesh (the spec names the split dimensions)
+  and on one device; on an auto mesh (``jax.sharding.Mesh``'s default) of
+  several devices XLA picks the split after tracing, so any may be.
+  """
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    sharding = x.sharding
+    if len(sharding.device_set) == 1 or sharding.is_fully_replicated:
+      return False
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      return _split_on(sharding.mesh, sharding.spec, merged_from)
+    return True
   typeof = getattr(jax, "typeof", None)
-  if typeof is None:
+  sharding = getattr(typeof(x), "sharding", None) if typeof else None
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or getattr(mesh, "empty", True):
+    return None
+  if mesh.size == 1:
     return False
-  spec = getattr(getattr(typeof(x), "sharding", None), "spec", None)
-  if spec is None:
-    return False
-  return any(axis is not None for axis in tuple(spec)[merged_from + 1:])
+  axis_type = getattr(jax.sharding, "AxisType", None)
+  types = tuple(getattr(mesh, "axis_types", ()))
+  if axis_type is None or len(types) != len(mesh.axis_names):
+    return True  # axis types unknown: any dimension may be split
+  sizes = dict(mesh.shape)
+  if any(kind == axis_type.Auto and sizes[name] > 1
+         for name, kind in zip(mesh.axis_names, types)):
+    return True
+  # Explicit axes name the split dimensions; manual ones (inside shard_map)
+  # are already this device's shard.
+  return _split_on(mesh, sharding.spec, merged_from)
+
+
+def _unpartitioned(ctx: Any) -> bool:
+  """Whether the program being lowered runs whole on each of its devices.
+
+  Read from the lowering context: ``jax.jit`` over one device, ``jax.pmap``
+  (one program per device) or ``shard_map`` with every mesh axis of size > 1
+  manual. Anything else, or a context this jax does not describe as we
+  expect, counts as partitioned (the safe choice: no view).
+  """
+  context = getattr(getattr(ctx, "module_context", None), "axis_context",
+                    None)
+  if hasattr(context, "num_devices"):  # jax.jit
+    return context.num_devices == 1
+  if hasattr(context, "manual_axes") and hasattr(context, "mesh"):
+    return all(size == 1 or name in context.manual_axes
+               for name, size in dict(context.mesh.shape).items())
+  return hasattr(context, "axis_env")  # jax.pmap
+
+
+# `_unpartitioned_p.bind()` is 1 in a program that runs whole on each of its
+# devices and 0 in a partitioned one: a constant, set when the program is
+# lowered (once its devices are known), that picks a `lax.switch` branch.
+# XLA folds the switch away before it partitions the program, so only the
+# chosen branch is left; transformations see an ordinary switch.
+_unpartitioned_p = jex_core.Primitive("gaf_optax_unpartitioned")
+_unpartitioned_p.def_impl(lambda: np.int32(1))  # eager: one device
+_unpartitioned_p.def_abstract_eval(
+    lambda: jax.core.ShapedArray((), jnp.int32))
+mlir.register_lowering(
+    _unpartitioned_p,
+    lambda ctx: [mlir.ir_constant(np.int32(_unpartitioned(ctx)))])
+
+
+def _on_cpu_views(fn: Callable[..., tuple[jax.Array, ...]],
+                  leaves: list[jax.Array], flat: tuple[int, ...],
+                  fence_wide: bool) -> tuple[jax.Array, ...]:
+  """``fn(*leaves)``, on CPU on ``flat`` views (see `_on_flat_views`)."""
+  shape = tuple(leaves[0].shape)
+  if flat == shape and not fence_wide:
+    return tuple(fn(*leaves))
+
+  def on_views(*xs):
+    if flat != shape:
+      xs = jax.lax.optimization_barrier(tuple(x.reshape(flat) for x in xs))
+    # Fenced outputs also stop XLA from recomputing fn in their consumers.
+    outs = jax.lax.optimization_barrier(tuple(fn(*xs)))
+    return tuple(o.reshape(shape) for o in outs)
+
+  return tuple(jax.lax.platform_dependent(
+      *leaves, cpu=on_views, default=lambda *xs: tuple(fn(*xs))))
 
 
 def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
@@ -384,27 +482,36 @@ def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
   recomputing ``fn``), which is free for a buffer the state keeps anyway.
   Other platforms (their loop emitters are not sensitive to the layout) run
   ``fn`` as it is; ``enabled=False`` (a non-scalar hyper-parameter that must
-  broadcast against the leaf's real shape) and leaves explicitly sharded on
-  a merged dimension keep their shape. ``fence_wide=False`` runs ``fn`` as
-  it is on leaves that keep their shape.
+  broadcast against the leaf's real shape) keeps the shape too.
+  ``fence_wide=False`` runs ``fn`` as it is on leaves that keep their shape.
+
+  Sharded leaves keep their shape, by our design: a view that merged a
+  dimension split across devices would make XLA gather the whole leaf on
+  every device and return it replicated, undoing FSDP. Where the leaves or
+  their types tell the split (`_leaf_split`: concrete arrays, explicit-axes
+  meshes, one device), the view is taken unless a merged dimension is split;
+  a split of its first merged dimension stays contiguous. Where they do not
+  (traced leaves on an auto mesh, the default of ``jax.sharding.Mesh``, or
+  without a mesh in their type), the view is taken only in a program that is
+  not partitioned, which is known when it is lowered (`_unpartitioned_p`):
+  one device under ``jax.jit``, ``jax.pmap``, or inside a ``shard_map`` over
+  every axis. A partitioned program on an auto mesh runs ``fn`` on the
+  leaves' own shape, its loops on their minor dimension, replicated leaves
+  included (XLA's split is chosen after tracing).
   """
   shape = tuple(leaves[0].shape)
-  flat = _flat_shape(shape)
-  if not enabled or any(_explicitly_sharded(x, len(flat) - 1)
-                        for x in leaves):
-    flat = shape
-  if flat == shape and not fence_wide:
-    return tuple(fn(*leaves))
-
-  def on_views(*xs):
-    if flat != shape:
-      xs = jax.lax.optimization_barrier(tuple(x.reshape(flat) for x in xs))
-    # Fenced outputs also stop XLA from recomputing fn in their consumers.
-    outs = jax.lax.optimization_barrier(tuple(fn(*xs)))
-    return tuple(o.reshape(shape) for o in outs)
-
-  return tuple(jax.lax.platform_dependent(
-      *leaves, cpu=on_views, default=lambda *xs: tuple(fn(*xs))))
+  flat = _flat_shape(shape) if enabled else shape
+  if flat == shape:
+    return _on_cpu_views(fn, leaves, shape, fence_wide)
+  splits = [_leaf_split(x, len(flat) - 1) for x in leaves]
+  if any(splits):
+    return _on_cpu_views(fn, leaves, shape, fence_wide)
+  if all(s is False for s in splits):
+    return _on_cpu_views(fn, leaves, flat, fence_wide)
+  # Known when lowering.
+  return tuple(jax.lax.switch(_unpartitioned_p.bind(), [
+      lambda *xs: _on_cpu_views(fn, list(xs), shape, fence_wide),
+      lambda *xs: _on_cpu_views(fn, list(xs), flat, fence_wide)], *leaves))
 
 
 def _is_scalar(value: Any) -> bool:
