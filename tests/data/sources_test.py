@@ -1,6 +1,7 @@
 """Sources: the embedded digits, image folders (and archives), the registry."""
 
 import os
+import re
 import tarfile
 import time
 
@@ -134,6 +135,50 @@ def test_folder_archive_read_in_place(tmp_path):
   np.testing.assert_array_equal(ds.test.labels, plain.test.labels)
   np.testing.assert_array_equal(ds.train[0][0], pixels[("train", "a", 0)])
   assert sorted(os.listdir(tmp_path)) == ["cache", "set", "set.tar.gz"]
+
+
+def _same_datasets(a, b):
+  np.testing.assert_array_equal(a.train.images, b.train.images)
+  np.testing.assert_array_equal(a.train.labels, b.train.labels)
+  np.testing.assert_array_equal(a.test.images, b.test.images)
+  np.testing.assert_array_equal(a.test.labels, b.test.labels)
+  np.testing.assert_array_equal(a.mean, b.mean)
+  np.testing.assert_array_equal(a.std, b.std)
+  assert a.class_names == b.class_names
+
+
+def test_folder_decode_workers_give_the_one_process_arrays(tmp_path):
+  pytest.importorskip("PIL")
+  pixels = _make_folder(tmp_path / "set", per_class=4)
+  rng = np.random.default_rng(1)  # A lossy JPEG and a grey image too.
+  _png(rng, 6).save(tmp_path / "set" / "train" / "ant" / "j.jpg", quality=80)
+  _png(rng, 6, grey=True).save(tmp_path / "set" / "test" / "cat" / "g.png")
+  archive = tmp_path / "set.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "set", arcname="top")
+  serial = data.get(f"folder:{archive}", cache_dir=str(tmp_path / "c1"))
+  # Two processes (archive members travel to them as bytes).
+  two = data.get(f"folder:{archive}", cache_dir=str(tmp_path / "c2"),
+                 decode_workers=2)
+  _same_datasets(two, serial)
+  np.testing.assert_array_equal(two.train[5][0], pixels[("train", "cat", 0)])
+  assert (two.num_train, two.num_test) == (13, 13)
+  # The cache does not depend on the workers.
+  assert os.listdir(tmp_path / "c1") == os.listdir(tmp_path / "c2")
+  # A folder's files are read by the workers; a bad one is named.
+  files = data.get(f"folder:{tmp_path / 'set'}", decode_workers=2,
+                   cache_dir=str(tmp_path / "c3"))
+  _same_datasets(files, serial)
+  bad = tmp_path / "set" / "test" / "ant" / "bad.png"
+  bad.write_bytes(b"not a png")
+  with pytest.raises(ValueError,
+                     match="cannot decode image " + re.escape(str(bad))):
+    data.get(f"folder:{tmp_path / 'set'}", decode_workers=2,
+             cache_dir=str(tmp_path / "c3"))
+  for wrong in (0, -1, 1.5, True, None):
+    with pytest.raises(ValueError, match="decode_workers must be a positive "
+                       f"int, got {wrong!r}"):
+      data.get(f"folder:{archive}", decode_workers=wrong)
 
 
 def test_folder_grey_images_have_one_channel(tmp_path):
