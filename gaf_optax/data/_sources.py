@@ -462,6 +462,25 @@ def check_decode_workers(decode_workers) -> None:
         f"decode_workers must be a positive int, got {decode_workers!r}")
 
 
+def _exit_with_parent() -> None:
+  """A decoding worker's initializer: the worker ends when its parent does.
+
+  A ``concurrent.futures`` worker waiting for work holds both ends of the
+  pool's queue, so it never sees the queue close: a parent that ends
+  without shutting the pool down (killed, ``os._exit`` at a deadline)
+  would leave it waiting forever, holding the parent's stdout.
+  """
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from multiprocessing import connection  # pylint: disable=g-import-not-at-top
+  sentinel = multiprocessing.parent_process().sentinel
+
+  def watch():
+    connection.wait([sentinel])
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def _decode_images(items: Sequence[tuple[bytes | str, str]], workers: int
                    ) -> list[np.ndarray]:
   """:func:`_decode_image` of each ``(data, name)``, in order.
@@ -469,8 +488,9 @@ def _decode_images(items: Sequence[tuple[bytes | str, str]], workers: int
   With ``workers > 1`` the images are decoded by that many processes
   (``concurrent.futures`` with the "spawn" start method: forking a process
   whose JAX has started threads can deadlock), in about four chunks per
-  worker. The same function decodes each image and the results come back
-  in order, so they equal the one-process decode bit for bit.
+  worker; they end with the calling process. The same function decodes
+  each image and the results come back in order, so they equal the
+  one-process decode bit for bit.
   """
   if workers == 1 or len(items) < 2:
     return [_decode_image(data, name) for data, name in items]
@@ -478,7 +498,8 @@ def _decode_images(items: Sequence[tuple[bytes | str, str]], workers: int
   import multiprocessing  # pylint: disable=g-import-not-at-top
   workers = min(workers, len(items))
   with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      workers, mp_context=multiprocessing.get_context("spawn"),
+      initializer=_exit_with_parent) as pool:
     return list(pool.map(_decode_image, [data for data, _ in items],
                          [name for _, name in items],
                          chunksize=-(-len(items) // (4 * workers))))

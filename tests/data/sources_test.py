@@ -2,6 +2,9 @@
 
 import os
 import re
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -11,6 +14,8 @@ import pytest
 from gaf_optax import data
 from gaf_optax.data import _sources
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CIFAR_TAR = os.path.join(os.path.dirname(__file__), "..", "..", "..",
                          "shared", "data", "cifar10-jpeg.tar.gz")
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
@@ -179,6 +184,53 @@ def test_folder_decode_workers_give_the_one_process_arrays(tmp_path):
     with pytest.raises(ValueError, match="decode_workers must be a positive "
                        f"int, got {wrong!r}"):
       data.get(f"folder:{archive}", decode_workers=wrong)
+
+
+def _running(pid):
+  """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_decode_workers_end_when_their_parent_dies(tmp_path):
+  # A parent cut mid-decode (killed, or os._exit at a deadline) must not
+  # leave its workers waiting for work forever.
+  pytest.importorskip("PIL")
+  _make_folder(tmp_path / "set")
+  pids = tmp_path / "pids"
+  code = f"""
+import multiprocessing, os, threading, time
+from gaf_optax import data
+
+def die_once_the_workers_run():
+  while len(multiprocessing.active_children()) < 2:
+    time.sleep(0.01)
+  with open({str(pids)!r}, "w") as f:
+    f.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+  os._exit(3)
+
+threading.Thread(target=die_once_the_workers_run, daemon=True).start()
+data.get({f"folder:{tmp_path / 'set'}"!r}, cache_dir={str(tmp_path / "c")!r},
+         decode_workers=2)
+"""
+  log = tmp_path / "log"  # a file: a pipe would wait for the workers too
+  with open(log, "wb") as out:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          timeout=60, stdout=out, stderr=out)
+  assert proc.returncode == 3, log.read_text()[-2000:]
+  workers = [int(p) for p in pids.read_text().split()]
+  assert len(workers) == 2
+  deadline = time.monotonic() + 20
+  while any(map(_running, workers)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  left = [p for p in workers if _running(p)]
+  for pid in left:
+    os.kill(pid, signal.SIGKILL)
+  assert not left, "decoding workers outlived their parent"
 
 
 def test_folder_grey_images_have_one_channel(tmp_path):
