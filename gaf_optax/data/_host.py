@@ -329,12 +329,13 @@ def folder(path: str, *, cache_dir: str | None = None,
     max_cache_bytes: with ``lazy=None``, sets whose decoded images would be
       larger than this are read lazily.
     decode_workers: processes that decode the cached form when it is not
-      in the cache yet (1: this process, which takes about 15-30 s per core
-      for CIFAR-10's 60,000 JPEGs). The arrays are the same, bit for bit,
-      for any number, so it is not part of the cache key. The workers are
-      started with "spawn", which imports the main module again: a script
-      passing more than 1 needs the ``if __name__ == "__main__":`` guard.
-      The lazy form ignores it (it decodes in :func:`batches`' workers).
+      in the cache yet (1: this process; CIFAR-10's 60,000 JPEGs take it
+      10-30 s, depending on the machine). The arrays are the same, bit for
+      bit, for any number, so it is not part of the cache key. The workers
+      are started with "spawn", which imports the main module again: a
+      script passing more than 1 needs the ``if __name__ == "__main__":``
+      guard. The lazy form ignores it (it decodes in :func:`batches`'
+      workers).
 
   Returns:
     the :class:`Dataset` (cached: images ``(H, W, 3)``, or ``(H, W, 1)``
