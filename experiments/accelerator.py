@@ -25,8 +25,10 @@ What it runs, in this order, all inside ``--budget-seconds`` of wall time
 counted from the process's start (imports, device start and the last
 file included):
 
-1. the CIFAR-10 JPEG archive decoded in worker processes (about 3 s on 16
-   cores; the library's single-process reader takes about 30 s);
+1. the CIFAR-10 JPEG archive, ``gaf_optax.data.get("folder:" + ARCHIVE,
+   decode_workers=cores)``: decoded by one process per core (up to 16; one
+   process takes about 30 s) and cached for a rerun (in
+   ``$GAF_OPTAX_CACHE`` or ``~/.cache/gaf_optax``);
 2. the optimizer benchmark (experiments/benchmarks/optimizer.py's
    optimizers, every GAF preset against optax): one update + apply on the
    model's parameter tree, ms per step and GB/s of the least traffic a step
@@ -61,9 +63,11 @@ status 0. The files are rewritten after every epoch (the plot at most
 every 2 s), so even a run killed outright leaves a readable table marked
 ``partial``.
 
-``--smoke`` is the same code on a tiny MLP (two hidden layers of 64), 64
-training and 20 test images per class, batch 32 and 2-4 epochs, for the
-test suite on the CPU (tests/experiments/accelerator_test.py).
+``--smoke`` is the same code on a tiny MLP (two hidden layers of 64), a
+class-balanced subset of 640 training and 200 test images (64 and 20 per
+class, ``data.get``'s ``train_size``/``test_size``; normalised with the
+whole training set's statistics), batch 32 and 2-4 epochs, for the test
+suite on the CPU (tests/experiments/accelerator_test.py).
 
 Design: a Python entry point rather than a shell script, so that the code
 the tests run is the code the accelerator runs, and so that the deadline
@@ -74,8 +78,9 @@ and the signals are handled inside the process that holds the results
 from __future__ import annotations
 
 # Only the standard library at import: the stop signals must be blocked
-# before JAX starts its threads (main() does that first), and the decoding
-# workers import this module. Everything else is imported where it is used.
+# before JAX starts its threads (main() does that first), and the data's
+# decoding processes (spawned) import this module again. Everything else is
+# imported where it is used.
 # pylint: disable=import-outside-toplevel
 import argparse
 import concurrent.futures
@@ -89,7 +94,6 @@ import importlib.util
 import io
 import json
 import math
-import multiprocessing
 import os
 import platform
 import shlex
@@ -97,7 +101,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -130,7 +133,6 @@ BANDWIDTH_GBS = {"H200": 4800.0}
 # The arms in priority order, grouped: a group is planned whole.
 GROUPS = (("sgd",), ("sgd_gaf",), ("sgd_matched",), ("amp_random",),
           ("swish", "nswish"), ("amp_cv",), ("sgd_gaf_gradient",))
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +148,7 @@ class Bounds:
 class Mode:
   """What ``--smoke`` changes: sizes, never the code path."""
 
-  per_class: tuple[int, int] | None  # (train, test) images per class
+  sizes: tuple[int, int] | None  # (train, test) images, class-balanced
   bounds: Bounds
   bench_steps: int  # timed train steps per dtype
   optimizer_steps: int  # steps per optimizer-benchmark sample
@@ -156,7 +158,7 @@ class Mode:
 
 FULL = Mode(None, Bounds(6, 30, 3), bench_steps=20, optimizer_steps=20,
             margin_s=4.0, prior=(60.0, 15.0))
-SMOKE = Mode((64, 20), Bounds(2, 4, 3), bench_steps=3, optimizer_steps=20,
+SMOKE = Mode((640, 200), Bounds(2, 4, 3), bench_steps=3, optimizer_steps=20,
              margin_s=2.5, prior=(5.0, 1.0))
 
 
@@ -363,8 +365,8 @@ def report(snap: dict) -> str:
     d = snap["data"]
     lines.append(f"Data: `{d['path']}` (sha256 {d['sha256'][:12]}...), "
                  f"{d['num_train']} train / {d['num_test']} test images, "
-                 f"decoded in {d['seconds']:.1f} s with {d['workers']} "
-                 "process(es)  ")
+                 f"read in {d['seconds']:.1f} s (decode_workers "
+                 f"{d['workers']})  ")
   if setting:
     lines.append(
         f"Setting: {setting['model']} ({setting['params']:,} parameters), "
@@ -700,104 +702,6 @@ def ensure_packages(wheels: str, modules=("PIL", "matplotlib"),
   return {m: "found" if ok else "missing" for m, ok in found.items()}
 
 
-def _decode(blobs):
-  """uint8 RGB arrays of encoded images (in a worker process)."""
-  import numpy as np
-  from PIL import Image
-  out = []
-  for blob in blobs:
-    with Image.open(io.BytesIO(blob)) as im:
-      out.append(np.asarray(im.convert("RGB"), np.uint8))
-  return np.stack(out)
-
-
-def _split_and_class(name: str):
-  """``(split, class)`` of ``[prefix/]split/class/.../file``, else None."""
-  parts = [p for p in name.split("/") if p not in ("", ".")]
-  if any(p.startswith(".") for p in parts):
-    return None
-  for k, part in enumerate(parts[:-2]):
-    if part in ("train", "test"):
-      return part, parts[k + 1]
-  return None
-
-
-def read_image_archive(path: str, *, per_class=None, workers: int = 1
-                       ) -> dict:
-  """Decodes a .tar(.gz) of ``train/<class>/<image>``, ``test/<class>/...``.
-
-  The layout, class order (sorted ``train/`` folders), image order (class,
-  then member name) and RGB conversion of ``gaf_optax.data.get(
-  "folder:PATH")`` (tested equal), decoded by ``workers`` processes: the
-  library decodes in one process, about 30 s for CIFAR-10's 60,000 JPEGs,
-  which is 5% of a 9-minute budget.
-
-  Args:
-    path: the archive.
-    per_class: ``(train, test)``: keep the first that many images of each
-      class (in that order); None: all.
-    workers: decoding processes (1: in this process).
-
-  Returns:
-    ``{"train_images", "train_labels", "test_images", "test_labels"}``
-    (uint8 NHWC, int32) and ``"class_names"``.
-  """
-  import numpy as np
-  found = {"train": [], "test": []}
-  with tarfile.open(path, "r:*") as archive:
-    for member in archive:
-      where = _split_and_class(member.name) if member.isfile() else None
-      if where is None or not member.name.lower().endswith(
-          IMAGE_EXTENSIONS):
-        continue
-      found[where[0]].append((where[1], member.name,
-                              archive.extractfile(member).read()))
-  classes = sorted({c for c, _, _ in found["train"]})
-  if not classes or not found["test"]:
-    raise ValueError(f"{path!r} has no train/<class>/<image> or "
-                     "test/<class>/<image> files")
-  index = {c: i for i, c in enumerate(classes)}
-  out = {"class_names": classes}
-  for k, split in enumerate(("train", "test")):
-    entries = sorted(found[split], key=lambda e: (e[0], e[1]))
-    if per_class is not None:
-      taken: dict[str, int] = {}
-      kept = []
-      for e in entries:
-        if taken.get(e[0], 0) < per_class[k]:
-          taken[e[0]] = taken.get(e[0], 0) + 1
-          kept.append(e)
-      entries = kept
-    blobs = [e[2] for e in entries]
-    if workers > 1:
-      size = -(-len(blobs) // (4 * workers))
-      chunks = [blobs[i:i + size] for i in range(0, len(blobs), size)]
-      with concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        images = np.concatenate(list(pool.map(_decode, chunks)))
-    else:
-      images = _decode(blobs)
-    out[f"{split}_images"] = images
-    out[f"{split}_labels"] = np.array([index[e[0]] for e in entries],
-                                      np.int32)
-  return out
-
-
-def channel_stats(images):
-  """Per-channel mean and std in [0, 1] units, float32 (float64 sums)."""
-  import numpy as np
-  flat = images.reshape(-1, images.shape[-1])
-  total = np.zeros(flat.shape[1])
-  total_sq = np.zeros(flat.shape[1])
-  for start in range(0, len(flat), 1 << 22):
-    chunk = flat[start:start + (1 << 22)].astype(np.float64)
-    total += chunk.sum(0)
-    total_sq += np.square(chunk).sum(0)
-  mean = total / len(flat)
-  std = np.sqrt(np.maximum(total_sq / len(flat) - np.square(mean), 0.0))
-  return (mean / 255.0).astype(np.float32), (std / 255.0).astype(np.float32)
-
-
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -1122,19 +1026,6 @@ def _main(args, argv, mode: Mode, run: Run, archive) -> int:
   if packages.get("PIL") == "missing":
     raise RuntimeError("Pillow is needed to decode the JPEG archive; put "
                        f"its wheel in {args.wheels}/ (experiments/README.md)")
-  # The data first, while no other thread but the watcher runs.
-  t0 = _now()
-  workers = 1 if args.smoke else min(16, os.cpu_count() or 1)
-  arrays = read_image_archive(args.data, per_class=mode.per_class,
-                              workers=workers)
-  digest = _sha256(args.data)
-  data_info = {"path": args.data, "sha256": digest,
-               "num_train": len(arrays["train_labels"]),
-               "num_test": len(arrays["test_labels"]),
-               "seconds": _now() - t0, "workers": workers}
-  say(f"data: {data_info}" + ("" if digest == CIFAR_SHA256 or args.smoke
-                              else " (not the documented CIFAR-10 archive)"))
-
   t0 = _now()
   import jax
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -1143,17 +1034,26 @@ def _main(args, argv, mode: Mode, run: Run, archive) -> int:
   from experiments import reproduce
   from gaf_optax import data
   from gaf_optax import models
+  imports_s = _now() - t0
+  # The data next, before the device starts. The library's decoding
+  # processes are spawned, not forked, so JAX imported here is no hazard.
+  t0 = _now()
+  workers = min(16, os.cpu_count() or 1)
+  train_size, test_size = mode.sizes or (None, None)
+  ds = data.get("folder:" + args.data, train_size=train_size,
+                test_size=test_size, decode_workers=workers)
+  digest = _sha256(args.data)
+  data_info = {"path": args.data, "sha256": digest,
+               "num_train": ds.num_train, "num_test": ds.num_test,
+               "seconds": _now() - t0, "workers": workers}
+  say(f"data: {data_info}" + ("" if digest == CIFAR_SHA256 or args.smoke
+                              else " (not the documented CIFAR-10 archive)"))
+
+  t0 = _now()
   versions = _versions()
   device = _device_info()
   say(f"versions: {versions}; packages: {packages}")
   say(f"device: {device}")
-  mean, std = channel_stats(arrays["train_images"])
-  ds = data.Dataset(
-      name=f"folder:{args.data}", num_classes=len(arrays["class_names"]),
-      image_shape=tuple(arrays["train_images"].shape[1:]),
-      train=data.ArraySource(arrays["train_images"], arrays["train_labels"]),
-      test=data.ArraySource(arrays["test_images"], arrays["test_labels"]),
-      mean=mean, std=std, class_names=tuple(arrays["class_names"]))
   setting = (reproduce.Setting(model="mlp", batch_size=32, smoke=True,
                                model_kwargs=(("features", (64, 64)),))
              if args.smoke else reproduce.Setting())
@@ -1174,7 +1074,7 @@ def _main(args, argv, mode: Mode, run: Run, archive) -> int:
     run.finish("partial", f"--resume {args.resume} has another setting")
     return 2
   phase("data", data_info["seconds"])
-  phase("start (imports, device)", _now() - t0)
+  phase("start (imports, device)", imports_s + _now() - t0)
   run.set(versions=versions, device=device, data=data_info,
           setting=setting_info, descriptions=reproduce.ARMS,
           papers={k: list(v) for k, v in reproduce.PAPERS.items()},

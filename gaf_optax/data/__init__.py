@@ -77,6 +77,7 @@ from gaf_optax.data._batching import epoch_order
 from gaf_optax.data._batching import steps_per_epoch
 from gaf_optax.data._sources import ArraySource
 from gaf_optax.data._sources import Dataset
+from gaf_optax.data._sources import check_decode_workers as _check_workers
 from gaf_optax.data._sources import default_cache_dir
 from gaf_optax.data._sources import digits
 from gaf_optax.data._host import RecordSource
@@ -111,7 +112,7 @@ def known_datasets() -> tuple[str, ...]:
 def get(name: str, *, data_dir: str | None = None, download: bool = False,
         cache_dir: str | None = None, train_size: int | None = None,
         test_size: int | None = None, image_size: int | None = None,
-        subset_seed: int = 0) -> Dataset:
+        subset_seed: int = 0, decode_workers: int = 1) -> Dataset:
   """Loads a dataset by name.
 
   Args:
@@ -125,6 +126,10 @@ def get(name: str, *, data_dir: str | None = None, download: bool = False,
       ``$GAF_OPTAX_CACHE`` or ``~/.cache/gaf_optax``.
     train_size, test_size, image_size, subset_seed: class-balanced subsets
       and downsampling (:func:`subset`); None keeps the set as it is.
+    decode_workers: processes that decode an image folder or archive
+      (``folder:PATH``) on its first read, before it is cached (:func:`folder`;
+      1: this process). Any number gives the same arrays; other sets ignore
+      it.
 
   Returns:
     the :class:`Dataset`.
@@ -135,17 +140,19 @@ def get(name: str, *, data_dir: str | None = None, download: bool = False,
     TfdsNotPreparedError: a TFDS set that is not prepared and was not
       downloaded; the message says how to prepare it.
   """
-  return subset(_load(name, data_dir, download, cache_dir),
+  _check_workers(decode_workers)
+  return subset(_load(name, data_dir, download, cache_dir, decode_workers),
                 train_size=train_size, test_size=test_size,
                 image_size=image_size, seed=subset_seed)
 
 
-def _load(name, data_dir, download, cache_dir) -> Dataset:
+def _load(name, data_dir, download, cache_dir, decode_workers) -> Dataset:
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     if not path:
       raise ValueError("folder: needs a path, as in 'folder:/data/my_set'")
-    return folder(path, cache_dir=cache_dir, name=name)
+    return folder(path, cache_dir=cache_dir, name=name,
+                  decode_workers=decode_workers)
   if name.startswith("tfds:"):
     tfds_name = name[len("tfds:"):]
     if not tfds_name:

@@ -265,7 +265,8 @@ def check_lazy_args(lazy, crop_size, max_cache_bytes) -> None:
 def folder(path: str, *, cache_dir: str | None = None,
            name: str | None = None, lazy: bool | None = None,
            crop_size: int = CROP_SIZE,
-           max_cache_bytes: int = 4 << 30) -> _sources.Dataset:
+           max_cache_bytes: int = 4 << 30,
+           decode_workers: int = 1) -> _sources.Dataset:
   """An image-folder dataset: decoded once and cached, or read lazily.
 
   Layout: ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>``
@@ -327,6 +328,14 @@ def folder(path: str, *, cache_dir: str | None = None,
     crop_size: the lazy form's output height and width.
     max_cache_bytes: with ``lazy=None``, sets whose decoded images would be
       larger than this are read lazily.
+    decode_workers: processes that decode the cached form when it is not
+      in the cache yet (1: this process; CIFAR-10's 60,000 JPEGs take it
+      10-30 s, depending on the machine). The arrays are the same, bit for
+      bit, for any number, so it is not part of the cache key. The workers
+      are started with "spawn", which imports the main module again: a
+      script passing more than 1 needs the ``if __name__ == "__main__":``
+      guard. The lazy form ignores it (it decodes in :func:`batches`'
+      workers).
 
   Returns:
     the :class:`Dataset` (cached: images ``(H, W, 3)``, or ``(H, W, 1)``
@@ -353,6 +362,7 @@ def folder(path: str, *, cache_dir: str | None = None,
     ((32, 32, 3), 2, (32, 32, 3))
   """
   check_lazy_args(lazy, crop_size, max_cache_bytes)
+  _sources.check_decode_workers(decode_workers)
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise _sources._missing_folder(path)  # pylint: disable=protected-access
@@ -368,4 +378,5 @@ def folder(path: str, *, cache_dir: str | None = None,
   is_lazy, entries = folder_is_lazy(path, lazy, max_cache_bytes)
   if is_lazy:
     return lazy_folder(path, entries, crop_size=crop_size, name=name)
-  return _sources.cached_folder(path, cache_dir=cache_dir, name=name)
+  return _sources.cached_folder(path, cache_dir=cache_dir, name=name,
+                               decode_workers=decode_workers)

@@ -454,7 +454,58 @@ def folder_classes(path: str, classes_by_split: dict[str, list[str]]
   return classes
 
 
-def _decode_folder(path: str) -> dict[str, np.ndarray]:
+def check_decode_workers(decode_workers) -> None:
+  """Raises ValueError unless ``decode_workers`` is an int >= 1."""
+  if (not isinstance(decode_workers, int) or isinstance(decode_workers, bool)
+      or decode_workers < 1):
+    raise ValueError(
+        f"decode_workers must be a positive int, got {decode_workers!r}")
+
+
+def _exit_with_parent() -> None:
+  """A decoding worker's initializer: the worker ends when its parent does.
+
+  A ``concurrent.futures`` worker waiting for work holds both ends of the
+  pool's queue, so it never sees the queue close: a parent that ends
+  without shutting the pool down (killed, ``os._exit`` at a deadline)
+  would leave it waiting forever, holding the parent's stdout.
+  """
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from multiprocessing import connection  # pylint: disable=g-import-not-at-top
+  sentinel = multiprocessing.parent_process().sentinel
+
+  def watch():
+    connection.wait([sentinel])
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=watch, daemon=True).start()
+
+
+def _decode_images(items: Sequence[tuple[bytes | str, str]], workers: int
+                   ) -> list[np.ndarray]:
+  """:func:`_decode_image` of each ``(data, name)``, in order.
+
+  With ``workers > 1`` the images are decoded by that many processes
+  (``concurrent.futures`` with the "spawn" start method: forking a process
+  whose JAX has started threads can deadlock), in about four chunks per
+  worker; they end with the calling process. The same function decodes
+  each image and the results come back in order, so they equal the
+  one-process decode bit for bit.
+  """
+  if workers == 1 or len(items) < 2:
+    return [_decode_image(data, name) for data, name in items]
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  workers = min(workers, len(items))
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"),
+      initializer=_exit_with_parent) as pool:
+    return list(pool.map(_decode_image, [data for data, _ in items],
+                         [name for _, name in items],
+                         chunksize=-(-len(items) // (4 * workers))))
+
+
+def _decode_folder(path: str, workers: int = 1) -> dict[str, np.ndarray]:
   """Reads and decodes a folder or archive: arrays for the cache."""
   if not os.path.exists(path):
     raise _missing_folder(path)
@@ -474,15 +525,19 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
   index = {cls: i for i, cls in enumerate(classes)}
   arrays = {"class_names": np.array(classes)}
   channels = None
+  entries = {s: sorted(found[s], key=lambda e: (e[0], e[1])) for s in _SPLITS}
+  decoded = iter(_decode_images(
+      [(data, name) for s in _SPLITS for _, name, data in entries[s]],
+      workers))
   for split in _SPLITS:  # train first: it fixes the channel count.
-    entries = sorted(found[split], key=lambda e: (e[0], e[1]))
-    images = [_decode_image(data, name) for _, name, data in entries]
+    images = [next(decoded) for _ in entries[split]]
     if channels is None:  # Colour if any training image is colour.
       channels = max(image.shape[2] for image in images)
     images = [_to_channels(image, channels) for image in images]
-    arrays[f"{split}_images"] = _stack(images, [e[1] for e in entries], path)
-    arrays[f"{split}_labels"] = np.array([index[e[0]] for e in entries],
-                                         np.int32)
+    arrays[f"{split}_images"] = _stack(images, [e[1] for e in entries[split]],
+                                       path)
+    arrays[f"{split}_labels"] = np.array(
+        [index[e[0]] for e in entries[split]], np.int32)
   if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
     raise ValueError(
         f"train and test images in {path!r} differ in shape: "
@@ -494,7 +549,8 @@ def _decode_folder(path: str) -> dict[str, np.ndarray]:
 
 
 def cached_folder(path: str, *, cache_dir: str | None = None,
-                  name: str | None = None) -> Dataset:
+                  name: str | None = None, decode_workers: int = 1
+                  ) -> Dataset:
   """An image folder or archive decoded once and cached (see ``folder``)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
@@ -509,7 +565,7 @@ def cached_folder(path: str, *, cache_dir: str | None = None,
     except (OSError, ValueError):  # Unreadable cache: decode again.
       arrays = None
   if arrays is None:
-    arrays = _decode_folder(path)
+    arrays = _decode_folder(path, decode_workers)
     _save_atomic(cache_file, arrays)
   class_names = tuple(str(c) for c in arrays["class_names"])
   return Dataset(

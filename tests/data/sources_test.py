@@ -1,6 +1,10 @@
 """Sources: the embedded digits, image folders (and archives), the registry."""
 
 import os
+import re
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -10,6 +14,8 @@ import pytest
 from gaf_optax import data
 from gaf_optax.data import _sources
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CIFAR_TAR = os.path.join(os.path.dirname(__file__), "..", "..", "..",
                          "shared", "data", "cifar10-jpeg.tar.gz")
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
@@ -134,6 +140,97 @@ def test_folder_archive_read_in_place(tmp_path):
   np.testing.assert_array_equal(ds.test.labels, plain.test.labels)
   np.testing.assert_array_equal(ds.train[0][0], pixels[("train", "a", 0)])
   assert sorted(os.listdir(tmp_path)) == ["cache", "set", "set.tar.gz"]
+
+
+def _same_datasets(a, b):
+  np.testing.assert_array_equal(a.train.images, b.train.images)
+  np.testing.assert_array_equal(a.train.labels, b.train.labels)
+  np.testing.assert_array_equal(a.test.images, b.test.images)
+  np.testing.assert_array_equal(a.test.labels, b.test.labels)
+  np.testing.assert_array_equal(a.mean, b.mean)
+  np.testing.assert_array_equal(a.std, b.std)
+  assert a.class_names == b.class_names
+
+
+def test_folder_decode_workers_give_the_one_process_arrays(tmp_path):
+  pytest.importorskip("PIL")
+  pixels = _make_folder(tmp_path / "set", per_class=4)
+  rng = np.random.default_rng(1)  # A lossy JPEG and a grey image too.
+  _png(rng, 6).save(tmp_path / "set" / "train" / "ant" / "j.jpg", quality=80)
+  _png(rng, 6, grey=True).save(tmp_path / "set" / "test" / "cat" / "g.png")
+  archive = tmp_path / "set.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "set", arcname="top")
+  serial = data.get(f"folder:{archive}", cache_dir=str(tmp_path / "c1"))
+  # Two processes (archive members travel to them as bytes).
+  two = data.get(f"folder:{archive}", cache_dir=str(tmp_path / "c2"),
+                 decode_workers=2)
+  _same_datasets(two, serial)
+  np.testing.assert_array_equal(two.train[5][0], pixels[("train", "cat", 0)])
+  assert (two.num_train, two.num_test) == (13, 13)
+  # The cache does not depend on the workers.
+  assert os.listdir(tmp_path / "c1") == os.listdir(tmp_path / "c2")
+  # A folder's files are read by the workers; a bad one is named.
+  files = data.get(f"folder:{tmp_path / 'set'}", decode_workers=2,
+                   cache_dir=str(tmp_path / "c3"))
+  _same_datasets(files, serial)
+  bad = tmp_path / "set" / "test" / "ant" / "bad.png"
+  bad.write_bytes(b"not a png")
+  with pytest.raises(ValueError,
+                     match="cannot decode image " + re.escape(str(bad))):
+    data.get(f"folder:{tmp_path / 'set'}", decode_workers=2,
+             cache_dir=str(tmp_path / "c3"))
+  for wrong in (0, -1, 1.5, True, None):
+    with pytest.raises(ValueError, match="decode_workers must be a positive "
+                       f"int, got {wrong!r}"):
+      data.get(f"folder:{archive}", decode_workers=wrong)
+
+
+def _running(pid):
+  """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_decode_workers_end_when_their_parent_dies(tmp_path):
+  # A parent cut mid-decode (killed, or os._exit at a deadline) must not
+  # leave its workers waiting for work forever.
+  pytest.importorskip("PIL")
+  _make_folder(tmp_path / "set")
+  pids = tmp_path / "pids"
+  code = f"""
+import multiprocessing, os, threading, time
+from gaf_optax import data
+
+def die_once_the_workers_run():
+  while len(multiprocessing.active_children()) < 2:
+    time.sleep(0.01)
+  with open({str(pids)!r}, "w") as f:
+    f.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+  os._exit(3)
+
+threading.Thread(target=die_once_the_workers_run, daemon=True).start()
+data.get({f"folder:{tmp_path / 'set'}"!r}, cache_dir={str(tmp_path / "c")!r},
+         decode_workers=2)
+"""
+  log = tmp_path / "log"  # a file: a pipe would wait for the workers too
+  with open(log, "wb") as out:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          timeout=60, stdout=out, stderr=out)
+  assert proc.returncode == 3, log.read_text()[-2000:]
+  workers = [int(p) for p in pids.read_text().split()]
+  assert len(workers) == 2
+  deadline = time.monotonic() + 20
+  while any(map(_running, workers)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  left = [p for p in workers if _running(p)]
+  for pid in left:
+    os.kill(pid, signal.SIGKILL)
+  assert not left, "decoding workers outlived their parent"
 
 
 def test_folder_grey_images_have_one_channel(tmp_path):
