@@ -56,7 +56,7 @@ window, epochs [1, E/2), is then at least 2 epochs). While one arm trains,
 the next ones compile in background threads (``Trainer.compile_seeds``),
 and a persistent compilation cache (``--cache-dir``) serves a rerun on the
 same machine. Before each arm and after each epoch the run checks that
-what comes next fits the deadline; a thread that holds SIGTERM and SIGINT
+what comes next fits the deadline; a thread that hears SIGTERM and SIGINT
 and watches a hard deadline a few seconds before the budget's end writes
 the files as they stand, with ``partial`` and the reason, and exits with
 status 0. The files are rewritten after every epoch (the plot at most
@@ -96,6 +96,7 @@ import json
 import math
 import os
 import platform
+import select
 import shlex
 import signal
 import statistics
@@ -507,10 +508,15 @@ class Run:
 
   The main thread changes the snapshot through :meth:`update`; a thread of
   its own writes the files whenever it changed (the plot at most every
-  ``plot_every`` seconds), waits for SIGTERM and SIGINT with
-  ``signal.sigtimedwait`` (they are blocked in every other thread, so they
-  reach it even while the main thread is inside a compile or a device
-  program) and watches the hard deadline. On a signal or at the deadline
+  ``plot_every`` seconds), waits for SIGTERM and SIGINT and watches the
+  hard deadline. The signals reach it through ``signal.set_wakeup_fd``:
+  their handlers do nothing, but the C-level handler writes the signal's
+  number to a pipe at once, on whichever thread the kernel picked, so the
+  watcher sees it even while the main thread is inside a compile or a
+  device program. (Blocking the signals in every thread and waiting with
+  ``sigtimedwait`` does not hold: threads that native libraries start
+  with an empty signal mask let a signal through with its default action,
+  which kills the process.) On a signal or at the deadline
   it writes the files with status ``partial`` and ends the process with
   status 0 (``os._exit``: compiles still running in background threads
   would hold a normal exit).
@@ -532,14 +538,17 @@ class Run:
     self._last_plot = -math.inf
     self.finished = False
     self.log = None
-    self._caught: list[int] = []  # signals, where sigtimedwait is missing
+    self._wakeup: int | None = None  # the pipe's read end
 
   def start(self) -> None:
-    if hasattr(signal, "sigtimedwait"):
-      signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    else:  # macOS: a handler in the main thread (runs between bytecodes)
-      for signum in SIGNALS:
-        signal.signal(signum, lambda signum, _: self._caught.append(signum))
+    """Installs the signal handlers (main thread) and starts the watcher."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    self._wakeup = read
+    for signum in SIGNALS:
+      signal.signal(signum, lambda *_: None)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     os.makedirs(self.out, exist_ok=True)
     self.log = open(os.path.join(self.out, "log.txt"), "a", buffering=1)
     sys.stdout = _Tee(sys.__stdout__, self.log)
@@ -562,15 +571,7 @@ class Run:
 
   def _watch(self) -> None:
     while True:
-      if hasattr(signal, "sigtimedwait"):
-        try:
-          info = signal.sigtimedwait(SIGNALS, 0.2)
-        except InterruptedError:
-          info = None
-        signum = None if info is None else info.si_signo
-      else:
-        time.sleep(0.2)
-        signum = self._caught[0] if self._caught else None
+      signum = self._next_signal(0.2)
       if signum is not None:
         self.cut(f"stopped by {signal.Signals(signum).name} at "
                  f"{_now():.0f} s")
@@ -584,6 +585,17 @@ class Run:
           self.write()
         except Exception:  # pylint: disable=broad-except
           traceback.print_exc()
+
+  def _next_signal(self, timeout: float) -> int | None:
+    """A stop signal that arrived, waiting at most ``timeout`` seconds."""
+    ready, _, _ = select.select([self._wakeup], [], [], timeout)
+    if not ready:
+      return None
+    try:
+      got = os.read(self._wakeup, 512)
+    except BlockingIOError:
+      return None
+    return next((b for b in got if b in SIGNALS), None)
 
   def write(self, final: bool = False) -> None:
     """Writes results.json, results.md, resume.json and (due) curves.png."""
