@@ -169,7 +169,13 @@ def default_cache_dir() -> str:
 
 
 def _image_extensions() -> frozenset[str]:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  """The extensions Pillow reads: the first use of Pillow for a folder."""
+  try:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "image folders and archives are decoded with Pillow: pip install "
+        "pillow (or pip install 'gaf-optax[training]').") from e
   Image.init()
   return frozenset(Image.registered_extensions())
 
