@@ -3,6 +3,7 @@
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -152,3 +153,19 @@ def test_training_on_a_core_install_trains_and_each_extra_names_itself():
   assert "scikit-learn" in out["digits"]
   assert "Pillow" in out["folder"] or "pillow" in out["folder"]
   assert "grain" in out["workers"]
+
+
+def test_the_distribution_carries_its_license_types_marker_and_changelog():
+  with open(os.path.join(REPO, "pyproject.toml")) as f:
+    pyproject = f.read()
+  assert 'license = "Apache-2.0"' in pyproject
+  assert 'license-files = ["LICENSE"]' in pyproject
+  with open(os.path.join(REPO, "LICENSE")) as f:
+    license_text = f.read()
+  assert "Apache License" in license_text and "Version 2.0" in license_text
+  # PEP 561: the marker ships inside the package.
+  assert os.path.isfile(os.path.join(REPO, "gaf_optax", "py.typed"))
+  assert 'gaf_optax = ["py.typed"]' in pyproject
+  version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+  with open(os.path.join(REPO, "CHANGELOG.md")) as f:
+    assert f"## {version}" in f.read()
