@@ -32,10 +32,13 @@ myst_heading_anchors = 3
 autosummary_generate = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
-# The docstrings' Args say in words what each argument accepts; the
-# annotations (optax's and jax's aliases expand to long unions) would repeat
-# it less readably.
-autodoc_typehints = "none"
+# Types go with each documented argument ("Parameters" and "Returns"), as
+# optax's and Flax's sites show them; the signature line stays short (optax's
+# and jax's aliases expand to long unions there).
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+autodoc_typehints_format = "short"
+python_use_unqualified_type_names = True
 doctest_test_doctest_blocks = ""  # docstring examples run under pytest
 autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
@@ -83,15 +86,99 @@ def _own_docstring_only(app, what, name, obj, options, lines):
 
 
 def _skip_foreign_defaults(app, what, name, obj, skip, options):
-  """A field whose default is a function from elsewhere (``activation``)."""
-  del app, name, options
+  """A field whose default is a function from elsewhere (``activation``).
+
+  Anything else is autodoc's own decision (``None``): it leaves out private
+  and special members and what ``members`` does not ask for.
+  """
+  del app, name, skip, options
   module = getattr(obj, "__module__", "") or ""
   if what == "class" and callable(obj) and not module.startswith("gaf_optax"):
     return True
-  return skip
+  return None
+
+
+def _public_name(value):
+  """``jax.nn.silu`` for the function, ``jax.numpy.float32`` for the type."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  name = getattr(value, "__name__", None)
+  if not isinstance(name, str):
+    return None
+  for namespace in ("jax.nn", "jax.numpy", "gaf_optax.nn", "gaf_optax",
+                    "gaf_optax.training", "flax.linen", "optax",
+                    "optax.losses"):
+    try:
+      module = importlib.import_module(namespace)
+    except ImportError:
+      continue
+    if getattr(module, name, None) is value:
+      return f"{namespace}.{name}"
+  return None
+
+
+class _Shown:
+  """A default value shown by its public name in a signature."""
+
+  def __init__(self, text):
+    self.text = text
+
+  def __repr__(self):
+    return self.text
+
+
+def _readable_signature(app, what, name, obj, options, signature,
+                        return_annotation):
+  """Real signatures for NNX and Linen modules, defaults by public name.
+
+  NNX modules' and variables' metaclass hides ``__init__`` behind
+  ``(*args, **kwargs)``;
+  Linen's dataclass fields show ``parent``, which users never pass, and
+  function defaults print as ``<PjitFunction of <function silu>>``.
+  """
+  del app, name, options
+  import inspect  # pylint: disable=g-import-not-at-top
+  if what not in ("class", "function", "method") or signature is None:
+    return None
+  target = obj
+  drop = set()
+  if what == "class":
+    try:
+      from flax import linen, nnx  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return None
+    if isinstance(obj, type) and (issubclass(obj, nnx.Module) or
+                                  signature == "(*args, **kwargs)"):
+      target = obj.__init__
+      drop = {"self"}
+    elif isinstance(obj, type) and issubclass(obj, linen.Module):
+      drop = {"parent"}
+    elif "<" not in signature:
+      return None
+  elif "<" not in signature:
+    return None
+  elif what == "method":
+    drop = {"self", "cls"}  # autodoc shows methods without them
+  try:
+    sig = inspect.signature(target)
+  except (TypeError, ValueError):
+    return None
+  params = []
+  for p in sig.parameters.values():
+    if p.name in drop or type(p.default).__name__ == "_Sentinel":
+      continue  # Linen's ``parent``: set by Flax, never by a user
+    default = p.default
+    if default is not p.empty:
+      shown = _public_name(default)
+      if shown is not None:
+        default = _Shown(shown)
+    params.append(p.replace(default=default, annotation=p.empty))
+  text = str(sig.replace(parameters=params,
+                         return_annotation=inspect.Signature.empty))
+  return text, return_annotation
 
 
 def setup(app):
   app.connect("include-read", _rewrite_links)
   app.connect("autodoc-process-docstring", _own_docstring_only)
   app.connect("autodoc-skip-member", _skip_foreign_defaults)
+  app.connect("autodoc-process-signature", _readable_signature)

@@ -40,8 +40,40 @@ def test_html_builds_with_warnings_as_errors_and_the_examples_pass(tmp_path):
   assert "SGD_atanMom" in api
   # Included plots were copied: the studies page shows study 7's figure.
   assert (tmp_path / "html" / "_images" / "mechanism.png").exists()
+  _check_api_pages(tmp_path / "html" / "api" / "_autosummary")
   doctest = _sphinx("doctest", tmp_path)
   assert doctest.returncode == 0, (doctest.stdout + doctest.stderr)[-5000:]
   output = (tmp_path / "doctest" / "output.txt").read_text()
   assert re.search(r"\b0 failures in tests", output), output[-2000:]
   assert not re.search(r"^\s+0 tests", output, re.M), output[-2000:]
+
+
+def _check_api_pages(folder):
+  """Members, signatures and types on the API pages read as a user needs."""
+  signatures = {}
+  for page in folder.glob("*.html"):
+    text = page.read_text()
+    # No private or special members, only the documented ``__init__``.
+    private = set(re.findall(r'id="gaf_optax[\w.]*\.(_\w+)"', text))
+    assert private <= {"__init__"}, (page.name, private)
+    for obj, body in re.findall(
+        r'<dt class="sig sig-object py" id="([\w.]+)">(.*?)</dt>', text,
+        re.S):
+      signatures[obj] = " ".join(re.sub(r"<[^>]+>", "", body).split())
+  assert len(signatures) > 100, len(signatures)
+  for obj, sig in signatures.items():
+    if re.match(r"[\w.]+ = ", sig):
+      continue  # a data object's value, e.g. ResNet18's functools.partial
+    # Defaults by name, not repr: no "<function ...>", "<PjitFunction ...>",
+    # Linen's parent sentinel, or NNX's metaclass "(*args, **kwargs)".
+    assert "&lt;" not in sig and "<" not in sig, (obj, sig)
+    assert "parent=" not in sig, (obj, sig)
+    assert "(*args, **kwargs)" not in sig, (obj, sig)
+  assert "activation=jax.nn.silu" in signatures["gaf_optax.nn.NSwish"]
+  assert signatures["gaf_optax.nnx.NSwish"].startswith(
+      "class gaf_optax.nnx.NSwish(num_features=None")
+  # Types with the arguments: sgd_gaf's learning rate takes a schedule.
+  sgd_gaf = (folder / "gaf_optax.sgd_gaf.html").read_text()
+  params = re.sub(r"<[^>]+>", "", sgd_gaf.split("Parameters", 1)[1])
+  assert re.search(r"learning_rate \(float \|[^)]*Callable", params), (
+      params[:500])
