@@ -240,7 +240,7 @@ def lazy_folder(path: str, entries, *, crop_size: int, name: str
   """The lazy form of :func:`gaf_optax.data.folder`."""
   classes = _sources.folder_classes(path, {
       split: [cls for s, cls, _ in entries if s == split]
-      for split in ("train", "test")})
+      for split in ("train", "test")}, _sources.class_folders(path))
   train, test = image_files(entries, classes, crop_size=crop_size)
   # The statistics of centre crops of a spread sample of training images.
   mean, std = sample_stats(RecordSource(train.records,

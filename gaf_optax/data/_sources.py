@@ -18,6 +18,8 @@ import lzma
 import os
 import tarfile
 import tempfile
+import warnings
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,7 +29,8 @@ import numpy as np
 # Bump when the cached arrays' layout or the decoding changes. 2: 16-bit
 # images scaled, float images refused, archives checked to their end, test
 # images converted to the train split's channels, archive keys hash contents.
-_CACHE_VERSION = 2
+# 3: EXIF orientation applied; symlinked class folders and files followed.
+_CACHE_VERSION = 3
 _SPLITS = ("train", "test")
 
 
@@ -238,8 +241,12 @@ def _decompressed(raw):
   return raw
 
 
-def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
+def _listing_tar(path: str, exts, folders: dict[str, set[str]] | None = None
+                 ) -> Iterator[tuple[str, str, str, Any]]:
   """Streams ``(split, class, member name, bytes)`` from an archive.
+
+  ``folders``, if given, gets each split's class folders that the archive
+  holds as directory members (with images or not).
 
   The whole archive is checked: it must reach its end-of-archive marker with
   every member whole, and a compressed one must also reach the end of its
@@ -256,6 +263,10 @@ def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
         with tarfile.open(fileobj=stream, mode="r|",
                           tarinfo=_CheckedTarInfo) as archive:
           for member in archive:
+            if member.isdir() and folders is not None:
+              where = _split_parts(member.name.rstrip("/") + "/_")
+              if where is not None:
+                folders.setdefault(where[0], set()).add(where[1])
             if not member.isfile():
               continue
             where = _split_parts(member.name)
@@ -276,15 +287,53 @@ def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
           "tar -czf NAME.tar.gz train test), and load it again.") from e
 
 
+def _walk(top: str) -> Iterator[tuple[str, list[str]]]:
+  """``(dirpath, filenames)`` of every folder under ``top``, in sorted order.
+
+  Unlike ``os.walk``'s default, symlinked folders are followed (a class
+  folder may be a link, as in torchvision's ImageFolder); a symlinked file is
+  listed like any file (and so is a broken link, which then fails to decode,
+  naming it). Hidden folders (``.name``) are skipped.
+
+  Raises:
+    ValueError: naming the link, for a link to a folder that contains it (a
+      loop, which would otherwise list its images again and again).
+  """
+  stack = [(top, frozenset([os.path.realpath(top)]))]
+  while stack:
+    dirpath, ancestors = stack.pop()
+    dirnames, filenames = [], []
+    with os.scandir(dirpath) as it:
+      for entry in it:
+        if entry.is_dir():  # Follows links.
+          if not entry.name.startswith("."):
+            dirnames.append(entry.name)
+        else:
+          filenames.append(entry.name)
+    yield dirpath, sorted(filenames)
+    for name in sorted(dirnames, reverse=True):  # popped in sorted order
+      child = os.path.join(dirpath, name)
+      real = os.path.realpath(child)
+      if real in ancestors:
+        raise ValueError(
+            f"folder link {child!r} points to {real!r}, a folder that "
+            "contains it: a link loop. Remove the link (or point it outside "
+            "the image folder) and load it again.")
+      stack.append((child, ancestors | {real}))
+
+
 def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
-  """``(split, class, file path)`` of every image under path/{train,test}."""
+  """``(split, class, file path)`` of every image under path/{train,test}.
+
+  Symlinked class folders, sub-folders and image files are followed
+  (:func:`_walk`).
+  """
   out = []
   for split in _SPLITS:
     root = os.path.join(path, split)
     if not os.path.isdir(root):
       continue
-    for dirpath, dirnames, filenames in os.walk(root):
-      dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for dirpath, filenames in _walk(root):
       rel = os.path.relpath(dirpath, path)
       for filename in filenames:
         if os.path.splitext(filename)[1].lower() not in exts:
@@ -292,6 +341,20 @@ def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
         where = _split_parts(os.path.join(rel, filename))
         if where is not None:
           out.append((where[0], where[1], os.path.join(dirpath, filename)))
+  return out
+
+
+def class_folders(path: str) -> dict[str, list[str]]:
+  """Each split's class folders (links to folders included, hidden not)."""
+  out = {}
+  for split in _SPLITS:
+    root = os.path.join(path, split)
+    names = []
+    if os.path.isdir(root):
+      with os.scandir(root) as it:
+        names = [e.name for e in it
+                 if e.is_dir() and not e.name.startswith(".")]
+    out[split] = sorted(names)
   return out
 
 
@@ -370,7 +433,10 @@ def _cache_key(path: str) -> str:
 
   An archive's key hashes its contents, so any change to it (even one that
   keeps its size and modification time) decodes it again. A folder's key
-  hashes each file's relative path, size, modification and change times.
+  hashes each folder's and file's relative path (an added empty class folder
+  changes it too) and each file's size, modification and change times; for
+  a symlinked file, those of its target and of the link itself (so pointing
+  a link elsewhere changes it).
   """
   h = hashlib.sha256(f"v{_CACHE_VERSION}:{path}".encode())
   if os.path.isfile(path):
@@ -379,14 +445,20 @@ def _cache_key(path: str) -> str:
         h.update(chunk)
   else:
     for split in _SPLITS:
-      for dirpath, dirnames, filenames in sorted(
-          os.walk(os.path.join(path, split))):
-        dirnames.sort()
-        for filename in sorted(filenames):
-          st = os.stat(os.path.join(dirpath, filename))
-          rel = os.path.relpath(os.path.join(dirpath, filename), path)
-          h.update(f":{rel}:{st.st_size}:{st.st_mtime_ns}:"
-                   f"{st.st_ctime_ns}".encode())
+      root = os.path.join(path, split)
+      if not os.path.isdir(root):
+        continue
+      for dirpath, filenames in _walk(root):
+        h.update(f"|{os.path.relpath(dirpath, path)}".encode())
+        for filename in filenames:
+          full = os.path.join(dirpath, filename)
+          stats = [os.lstat(full)]
+          if os.path.islink(full) and os.path.exists(full):
+            stats.append(os.stat(full))
+          h.update(f":{filename}".encode())
+          for st in stats:
+            h.update(f":{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:"
+                     f"{st.st_ctime_ns}".encode())
   return h.hexdigest()[:32]
 
 
@@ -428,17 +500,27 @@ def _missing_folder(path: str) -> FileNotFoundError:
       "'cifar10')")
 
 
-def folder_classes(path: str, classes_by_split: dict[str, list[str]]
+def folder_classes(path: str, classes_by_split: dict[str, list[str]],
+                   folders_by_split: dict[str, Any] | None = None
                    ) -> list[str]:
   """The class names (sorted ``train/`` folders) of an image folder.
+
+  Every ``train/`` class folder is a class, so label ``i`` is always the
+  ``i``-th folder name in sorted order. A class folder without images is
+  refused rather than dropped (dropping it would renumber every class after
+  it), as torchvision's ImageFolder refuses one.
 
   Args:
     path: the folder, for the messages.
     classes_by_split: each split's class name per image found.
+    folders_by_split: each split's class folders, images or not (None: only
+      the classes of the images found).
 
   Raises:
-    ValueError: a split without images, or test classes not in train/.
+    ValueError: a split without images, a ``train/`` class folder without
+      images, or ``test/`` classes (folders) not in ``train/``.
   """
+  folders = {s: set((folders_by_split or {}).get(s, ())) for s in _SPLITS}
   empty = [s for s in _SPLITS if not classes_by_split.get(s)]
   if empty:
     raise ValueError(
@@ -446,8 +528,19 @@ def folder_classes(path: str, classes_by_split: dict[str, list[str]]
         f"{path!r}: expected PATH/{empty[0]}/<class>/<image> with a "
         "Pillow-readable extension (.png, .jpg, .jpeg, .bmp, .gif, .webp, "
         "...)")
-  classes = sorted(set(classes_by_split["train"]))
-  unknown = sorted(set(classes_by_split["test"]) - set(classes))
+  with_images = set(classes_by_split["train"])
+  classes = sorted(with_images | folders["train"])
+  bare = [c for c in classes if c not in with_images]
+  if bare:
+    names = ", ".join(f"train/{c}/" for c in bare)
+    raise ValueError(
+        f"image folder {path!r} has class folders without images: {names} "
+        "(no files with a Pillow-readable extension). Every train/ folder "
+        "is a class, labelled by its place in the sorted folder names, so "
+        "an empty one is not dropped (that would renumber the classes "
+        "after it): add its images, or remove the folder.")
+  unknown = sorted((set(classes_by_split["test"]) | folders["test"])
+                   - set(classes))
   if unknown:
     raise ValueError(
         f"test/ of {path!r} has classes not in train/: {unknown}")
@@ -512,16 +605,18 @@ def _decode_folder(path: str, workers: int = 1) -> dict[str, np.ndarray]:
   exts = _image_extensions()
   found: dict[str, list[tuple[str, str, Any]]] = {s: [] for s in _SPLITS}
   if _is_tar(path):
-    for split, cls, name, data in _listing_tar(path, exts):
+    folders: dict[str, Any] = {}
+    for split, cls, name, data in _listing_tar(path, exts, folders):
       found[split].append((cls, name, data))
   elif os.path.isdir(path):  # folder() checked train/ and test/.
     for split, cls, filename in _listing_dir(path, exts):
       found[split].append((cls, filename, filename))
+    folders = class_folders(path)
   else:
     raise ValueError(
         f"{path!r} is neither a folder nor a .tar/.tar.gz/.tgz archive")
   classes = folder_classes(
-      path, {s: [cls for cls, _, _ in found[s]] for s in _SPLITS})
+      path, {s: [cls for cls, _, _ in found[s]] for s in _SPLITS}, folders)
   index = {cls: i for i, cls in enumerate(classes)}
   arrays = {"class_names": np.array(classes)}
   channels = None
