@@ -186,8 +186,10 @@ def image_files(entries: Sequence[tuple[str, str, str]],
 def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
   """Image sizes seen and whether every image is grey, from headers only.
 
-  Pillow reads a file's header without decoding its pixels. The scan stops
-  at the second distinct size (the answer "sizes differ" is then known).
+  Pillow reads a file's header without decoding its pixels. Sizes are as
+  decoded, after the EXIF orientation (width and height swapped for a
+  quarter turn). The scan stops at the second distinct size (the answer
+  "sizes differ" is then known).
 
   Returns:
     ``(sizes, grey)``: the ``(width, height)`` pairs seen, and whether every
@@ -198,7 +200,7 @@ def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
   for path in files:
     try:
       with Image.open(path) as im:
-        sizes.add(im.size)
+        sizes.add(_sources.shown_size(im))
         grey = grey and (im.mode in _sources._GREY_MODES  # pylint: disable=protected-access
                          or im.mode.startswith("I;16"))
     except Exception as e:  # Pillow raises several types for bad files.

@@ -366,6 +366,26 @@ _SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 _GREY_MODES = ("1", "L", "LA", "La")
 
 
+# The EXIF Orientation tag; values 5..8 turn the image a quarter turn (the
+# shown width and height are the stored ones swapped).
+_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def exif_orientation(im) -> int:
+  """An open Pillow image's EXIF orientation (1..8; 1 when it has none)."""
+  value = im.getexif().get(_ORIENTATION, 1)
+  return value if value in range(1, 9) else 1
+
+
+def shown_size(im) -> tuple[int, int]:
+  """``(width, height)`` as viewers show the image, after its orientation."""
+  width, height = im.size
+  if exif_orientation(im) in _QUARTER_TURNS:
+    return height, width
+  return width, height
+
+
 class _UnknownRange(ValueError):
   """An image whose samples have no known range (float, 32-bit integer)."""
 
@@ -380,6 +400,12 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
   (65535 -> 255, 32768 -> 128); that is what Pillow itself does with 16-bit
   RGB and RGBA PNGs. Only the first frame of a multi-frame file is read.
 
+  Images are turned as their EXIF orientation tag says
+  (``PIL.ImageOps.exif_transpose``), so a phone photo stored sideways with
+  orientation 6 decodes upright, as viewers show it. This is our choice:
+  torchvision's default PIL loader and TFDS's decoders return the pixels as
+  stored; a label describes what people see.
+
   Raises:
     ValueError: naming ``what``, for a file Pillow cannot decode, and for
       32-bit integer and floating-point images (modes ``I`` from TIFF and
@@ -387,12 +413,16 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
       0..255 would be right.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   try:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(source) as im:
+    with Image.open(source) as opened:
+      im, fmt = opened, opened.format
+      if exif_orientation(opened) != 1:
+        im = ImageOps.exif_transpose(opened)
       mode = im.mode
       if mode in _SIXTEEN_BIT_MODES or (
-          mode == "I" and im.format in _SIXTEEN_BIT_I_FORMATS):
+          mode == "I" and fmt in _SIXTEEN_BIT_I_FORMATS):
         samples = np.asarray(im).astype(np.int64)
         if samples.min(initial=0) < 0 or samples.max(initial=0) > 0xFFFF:
           raise ValueError(f"mode {mode} values outside 0..65535")
@@ -401,7 +431,7 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
         kind = "floating-point" if mode.startswith("F") else "32-bit integer"
         raise _UnknownRange(
             f"image {what} is a {kind} image (Pillow mode {mode!r}, format "
-            f"{im.format}): its value range is unknown, so it cannot be "
+            f"{fmt}): its value range is unknown, so it cannot be "
             "mapped to 0..255 uint8 without guessing. Convert it to an 8-bit "
             "(or 16-bit integer) image first.")
       if mode in _GREY_MODES:
