@@ -19,7 +19,6 @@ import os
 import tarfile
 import tempfile
 import warnings
-import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -673,6 +672,68 @@ def _decode_folder(path: str, workers: int = 1) -> dict[str, np.ndarray]:
   return arrays
 
 
+_CACHE_KEYS = frozenset(["class_names", "mean", "std"] + [
+    f"{split}_{part}" for split in _SPLITS for part in ("images", "labels")])
+
+
+def _cache_problem(arrays: dict[str, np.ndarray]) -> str | None:
+  """What is wrong with a cache file's arrays, or None if they fit together."""
+  if set(arrays) != _CACHE_KEYS:
+    return (f"keys {sorted(arrays)} are not the expected "
+            f"{sorted(_CACHE_KEYS)}")
+  classes = arrays["class_names"]
+  if classes.ndim != 1 or classes.dtype.kind != "U" or not len(classes):
+    return "class_names is not a list of names"
+  shape = None
+  for split in _SPLITS:
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+      return f"{split}_images is not uint8 [N, H, W, C]"
+    if shape not in (None, images.shape[1:]):
+      return "train and test images differ in shape"
+    shape = images.shape[1:]
+    if (labels.dtype != np.int32 or labels.shape != images.shape[:1]
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= len(classes)):
+      return f"{split}_labels do not label {split}_images"
+  for stat in ("mean", "std"):
+    if arrays[stat].dtype != np.float32 or arrays[stat].shape != shape[-1:]:
+      return f"{stat} is not float32 [C]"
+  return None
+
+
+def _read_cache(cache_file: str) -> dict[str, np.ndarray] | None:
+  """A cache file's arrays; None, with a warning, if it is damaged.
+
+  A truncated or overwritten file, or one whose arrays do not fit together
+  (missing keys, wrong dtypes or shapes), would otherwise block every load:
+  the caller decodes the folder again and replaces the file.
+  """
+  try:
+    # Opened here, so it is closed even where np.load raises.
+    with open(cache_file, "rb") as fh:
+      loaded = np.load(fh, allow_pickle=False)
+      if hasattr(loaded, "files"):
+        with loaded:
+          arrays = {k: loaded[k] for k in loaded.files}
+        problem = _cache_problem(arrays)
+      else:
+        problem = "a single array, not an .npz archive"
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file raises many types: zipfile.BadZipFile, OSError,
+    # EOFError, zlib.error, ValueError (pickled data) ...
+    problem = f"{type(e).__name__}: {e}"
+  if problem is None:
+    return arrays
+  warnings.warn(
+      f"the decoded-image cache {cache_file} is damaged ({problem}); "
+      "decoding the folder again and rewriting it.", RuntimeWarning,
+      stacklevel=3)
+  return None
+
+
 def cached_folder(path: str, *, cache_dir: str | None = None,
                   name: str | None = None, decode_workers: int = 1
                   ) -> Dataset:
@@ -684,11 +745,7 @@ def cached_folder(path: str, *, cache_dir: str | None = None,
   cache_file = os.path.join(cache_dir, f"folder-{_cache_key(path)}.npz")
   arrays = None
   if os.path.exists(cache_file):
-    try:
-      with np.load(cache_file, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError):  # Unreadable cache: decode again.
-      arrays = None
+    arrays = _read_cache(cache_file)
   if arrays is None:
     arrays = _decode_folder(path, decode_workers)
     _save_atomic(cache_file, arrays)
