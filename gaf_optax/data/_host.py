@@ -245,7 +245,7 @@ def lazy_folder(path: str, entries, *, crop_size: int, name: str
   classes = _sources.folder_classes(path, {
       split: [cls for s, cls, _ in entries if s == split]
       for split in ("train", "test")}, _sources.class_folders(path))
-  sample = min(len(entries), STATS_SAMPLE)
+  sample = min(sum(s == "train" for s, _, _ in entries), STATS_SAMPLE)
   needed = 2 * sample * crop_size * crop_size * 3  # crops + Pillow's copies
   limit = _subset.host_memory_bytes()
   if needed > limit:
