@@ -135,8 +135,11 @@ def get(name: str, *, data_dir: str | None = None, download: bool = False,
     the :class:`Dataset`.
 
   Raises:
-    ValueError: unknown name (the message lists the known ones), or a folder
-      without ``train/``/``test/`` or without images.
+    ValueError: unknown name (the message lists the known ones), a folder
+      without ``train/``/``test/``, without images or with an empty class
+      folder, or an ``image_size`` that is not a positive int or whose
+      resized set would not fit in this host's memory (the message gives
+      the bytes and the accepted range; :func:`subset`).
     TfdsNotPreparedError: a TFDS set that is not prepared and was not
       downloaded; the message says how to prepare it.
   """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from gaf_optax.data import _augment
 from gaf_optax.data import _sources
+from gaf_optax.data import _subset
 
 # ImageNet recipe: training crops and evaluation crops of this size; the
 # evaluation crop is the centre after scaling the shorter side to
@@ -186,8 +188,10 @@ def image_files(entries: Sequence[tuple[str, str, str]],
 def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
   """Image sizes seen and whether every image is grey, from headers only.
 
-  Pillow reads a file's header without decoding its pixels. The scan stops
-  at the second distinct size (the answer "sizes differ" is then known).
+  Pillow reads a file's header without decoding its pixels. Sizes are as
+  decoded, after the EXIF orientation (width and height swapped for a
+  quarter turn). The scan stops at the second distinct size (the answer
+  "sizes differ" is then known).
 
   Returns:
     ``(sizes, grey)``: the ``(width, height)`` pairs seen, and whether every
@@ -198,7 +202,7 @@ def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
   for path in files:
     try:
       with Image.open(path) as im:
-        sizes.add(im.size)
+        sizes.add(_sources.shown_size(im))
         grey = grey and (im.mode in _sources._GREY_MODES  # pylint: disable=protected-access
                          or im.mode.startswith("I;16"))
     except Exception as e:  # Pillow raises several types for bad files.
@@ -240,7 +244,17 @@ def lazy_folder(path: str, entries, *, crop_size: int, name: str
   """The lazy form of :func:`gaf_optax.data.folder`."""
   classes = _sources.folder_classes(path, {
       split: [cls for s, cls, _ in entries if s == split]
-      for split in ("train", "test")})
+      for split in ("train", "test")}, _sources.class_folders(path))
+  sample = min(sum(s == "train" for s, _, _ in entries), STATS_SAMPLE)
+  needed = 2 * sample * crop_size * crop_size * 3  # crops + Pillow's copies
+  limit = _subset.host_memory_bytes()
+  if needed > limit:
+    largest = math.isqrt(limit // (2 * sample * 3))
+    raise ValueError(
+        f"crop_size={crop_size} is too large: the statistics of {sample} "
+        f"{crop_size}x{crop_size}x3 crops of {path!r} need about "
+        f"{needed:,} bytes, more than this host's {limit:,} bytes of "
+        f"memory. crop_size must be in 1..{largest} here.")
   train, test = image_files(entries, classes, crop_size=crop_size)
   # The statistics of centre crops of a spread sample of training images.
   mean, std = sample_stats(RecordSource(train.records,
@@ -272,7 +286,13 @@ def folder(path: str, *, cache_dir: str | None = None,
   Layout: ``PATH/train/<class>/<image>`` and ``PATH/test/<class>/<image>``
   (deeper sub-folders inside a class are read too; torchvision's
   ImageFolder layout, ImageNet's usual form on disk), images in any format
-  Pillow reads. Labels number the ``train/`` class names in sorted order.
+  Pillow reads. Labels number the ``train/`` class folders in sorted order.
+  Symlinked class folders, sub-folders and image files are followed (a link
+  to a folder that contains it, a loop, is an error naming it). Every
+  ``train/`` class folder is a class: one without images is refused, as
+  torchvision's ImageFolder refuses it, never dropped (dropping it would
+  renumber the classes after it); a ``test/`` class folder must match a
+  ``train/`` one and may be empty.
   ``PATH`` may also be a ``.tar``/``.tar.gz``/``.tgz`` archive of that
   layout (optionally under one top folder); its members are streamed in
   place, never extracted. An archive is read to its end: one that is
@@ -299,6 +319,12 @@ def folder(path: str, *, cache_dir: str | None = None,
   size) or their decoded size would exceed ``max_cache_bytes``; archives
   are always cached.
 
+  Images are turned upright by their EXIF orientation tag
+  (``PIL.ImageOps.exif_transpose``): a photo stored sideways with
+  orientation 6 is read as viewers show it, and its shown size is the one
+  that counts. That is our choice; torchvision's default loader and TFDS
+  read the pixels as stored.
+
   Pixels become uint8 as follows. 8-bit images are read as they are; 16-bit
   grey images keep their top 8 bits (``v >> 8``: 65535 -> 255, 32768 -> 128),
   as Pillow does for 16-bit RGB PNGs; alpha channels are dropped. Floating
@@ -317,7 +343,9 @@ def folder(path: str, *, cache_dir: str | None = None,
   key hashes the absolute path with the archive's bytes (or with the size,
   modification and change time of every file in the folder); the file is
   written to a temporary name and renamed, so an interrupted run never leaves
-  a broken cache, and a failed decode leaves none.
+  a broken cache, and a failed decode leaves none. A cache file damaged
+  otherwise (truncated, or arrays that do not fit together) is decoded
+  again and rewritten, with a ``RuntimeWarning`` naming it.
 
   Args:
     path: the folder or archive.
@@ -325,7 +353,8 @@ def folder(path: str, *, cache_dir: str | None = None,
     name: the dataset's name; default ``"folder:" + path``.
     lazy: True: read lazily; False: decode and cache (images of one size);
       None: decide as above.
-    crop_size: the lazy form's output height and width.
+    crop_size: the lazy form's output height and width; a size whose
+      512 statistics crops would not fit in the host's memory is refused.
     max_cache_bytes: with ``lazy=None``, sets whose decoded images would be
       larger than this are read lazily.
     decode_workers: processes that decode the cached form when it is not
@@ -345,7 +374,8 @@ def folder(path: str, *, cache_dir: str | None = None,
     FileNotFoundError: if ``path`` does not exist.
     ValueError: naming the file, for an archive that is truncated or damaged,
       an image that cannot be decoded or has no known range, and a layout or
-      image sizes that do not fit the above; ``lazy=True`` for an archive.
+      image sizes that do not fit the above (a class folder without images,
+      a link loop); ``lazy=True`` for an archive; a ``crop_size`` too large.
 
   Example:
     >>> import os, tempfile

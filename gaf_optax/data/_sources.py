@@ -18,6 +18,7 @@ import lzma
 import os
 import tarfile
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,7 +28,8 @@ import numpy as np
 # Bump when the cached arrays' layout or the decoding changes. 2: 16-bit
 # images scaled, float images refused, archives checked to their end, test
 # images converted to the train split's channels, archive keys hash contents.
-_CACHE_VERSION = 2
+# 3: EXIF orientation applied; symlinked class folders and files followed.
+_CACHE_VERSION = 3
 _SPLITS = ("train", "test")
 
 
@@ -244,8 +246,12 @@ def _decompressed(raw):
   return raw
 
 
-def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
+def _listing_tar(path: str, exts, folders: dict[str, set[str]] | None = None
+                 ) -> Iterator[tuple[str, str, str, Any]]:
   """Streams ``(split, class, member name, bytes)`` from an archive.
+
+  ``folders``, if given, gets each split's class folders that the archive
+  holds as directory members (with images or not).
 
   The whole archive is checked: it must reach its end-of-archive marker with
   every member whole, and a compressed one must also reach the end of its
@@ -262,6 +268,10 @@ def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
         with tarfile.open(fileobj=stream, mode="r|",
                           tarinfo=_CheckedTarInfo) as archive:
           for member in archive:
+            if member.isdir() and folders is not None:
+              where = _split_parts(member.name.rstrip("/") + "/_")
+              if where is not None:
+                folders.setdefault(where[0], set()).add(where[1])
             if not member.isfile():
               continue
             where = _split_parts(member.name)
@@ -282,15 +292,53 @@ def _listing_tar(path: str, exts) -> Iterator[tuple[str, str, str, Any]]:
           "tar -czf NAME.tar.gz train test), and load it again.") from e
 
 
+def _walk(top: str) -> Iterator[tuple[str, list[str]]]:
+  """``(dirpath, filenames)`` of every folder under ``top``, in sorted order.
+
+  Unlike ``os.walk``'s default, symlinked folders are followed (a class
+  folder may be a link, as in torchvision's ImageFolder); a symlinked file is
+  listed like any file (and so is a broken link, which then fails to decode,
+  naming it). Hidden folders (``.name``) are skipped.
+
+  Raises:
+    ValueError: naming the link, for a link to a folder that contains it (a
+      loop, which would otherwise list its images again and again).
+  """
+  stack = [(top, frozenset([os.path.realpath(top)]))]
+  while stack:
+    dirpath, ancestors = stack.pop()
+    dirnames, filenames = [], []
+    with os.scandir(dirpath) as it:
+      for entry in it:
+        if entry.is_dir():  # Follows links.
+          if not entry.name.startswith("."):
+            dirnames.append(entry.name)
+        else:
+          filenames.append(entry.name)
+    yield dirpath, sorted(filenames)
+    for name in sorted(dirnames, reverse=True):  # popped in sorted order
+      child = os.path.join(dirpath, name)
+      real = os.path.realpath(child)
+      if real in ancestors:
+        raise ValueError(
+            f"folder link {child!r} points to {real!r}, a folder that "
+            "contains it: a link loop. Remove the link (or point it outside "
+            "the image folder) and load it again.")
+      stack.append((child, ancestors | {real}))
+
+
 def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
-  """``(split, class, file path)`` of every image under path/{train,test}."""
+  """``(split, class, file path)`` of every image under path/{train,test}.
+
+  Symlinked class folders, sub-folders and image files are followed
+  (:func:`_walk`).
+  """
   out = []
   for split in _SPLITS:
     root = os.path.join(path, split)
     if not os.path.isdir(root):
       continue
-    for dirpath, dirnames, filenames in os.walk(root):
-      dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for dirpath, filenames in _walk(root):
       rel = os.path.relpath(dirpath, path)
       for filename in filenames:
         if os.path.splitext(filename)[1].lower() not in exts:
@@ -301,12 +349,46 @@ def _listing_dir(path: str, exts) -> list[tuple[str, str, str]]:
   return out
 
 
+def class_folders(path: str) -> dict[str, list[str]]:
+  """Each split's class folders (links to folders included, hidden not)."""
+  out = {}
+  for split in _SPLITS:
+    root = os.path.join(path, split)
+    names = []
+    if os.path.isdir(root):
+      with os.scandir(root) as it:
+        names = [e.name for e in it
+                 if e.is_dir() and not e.name.startswith(".")]
+    out[split] = sorted(names)
+  return out
+
+
 # Pillow modes holding 16-bit unsigned samples; "I" (32-bit signed) holds them
 # too when it comes from a format that stores at most 16 bits (PNG; PGM/PPM,
 # which Pillow scales to 0..65535 from any maxval above 255).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 _GREY_MODES = ("1", "L", "LA", "La")
+
+
+# The EXIF Orientation tag; values 5..8 turn the image a quarter turn (the
+# shown width and height are the stored ones swapped).
+_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def exif_orientation(im) -> int:
+  """An open Pillow image's EXIF orientation (1..8; 1 when it has none)."""
+  value = im.getexif().get(_ORIENTATION, 1)
+  return value if value in range(1, 9) else 1
+
+
+def shown_size(im) -> tuple[int, int]:
+  """``(width, height)`` as viewers show the image, after its orientation."""
+  width, height = im.size
+  if exif_orientation(im) in _QUARTER_TURNS:
+    return height, width
+  return width, height
 
 
 class _UnknownRange(ValueError):
@@ -323,6 +405,12 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
   (65535 -> 255, 32768 -> 128); that is what Pillow itself does with 16-bit
   RGB and RGBA PNGs. Only the first frame of a multi-frame file is read.
 
+  Images are turned as their EXIF orientation tag says
+  (``PIL.ImageOps.exif_transpose``), so a phone photo stored sideways with
+  orientation 6 decodes upright, as viewers show it. This is our choice:
+  torchvision's default PIL loader and TFDS's decoders return the pixels as
+  stored; a label describes what people see.
+
   Raises:
     ValueError: naming ``what``, for a file Pillow cannot decode, and for
       32-bit integer and floating-point images (modes ``I`` from TIFF and
@@ -330,12 +418,16 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
       0..255 would be right.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   try:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(source) as im:
+    with Image.open(source) as opened:
+      im, fmt = opened, opened.format
+      if exif_orientation(opened) != 1:
+        im = ImageOps.exif_transpose(opened)
       mode = im.mode
       if mode in _SIXTEEN_BIT_MODES or (
-          mode == "I" and im.format in _SIXTEEN_BIT_I_FORMATS):
+          mode == "I" and fmt in _SIXTEEN_BIT_I_FORMATS):
         samples = np.asarray(im).astype(np.int64)
         if samples.min(initial=0) < 0 or samples.max(initial=0) > 0xFFFF:
           raise ValueError(f"mode {mode} values outside 0..65535")
@@ -344,7 +436,7 @@ def _decode_image(data: bytes | str, what: str) -> np.ndarray:
         kind = "floating-point" if mode.startswith("F") else "32-bit integer"
         raise _UnknownRange(
             f"image {what} is a {kind} image (Pillow mode {mode!r}, format "
-            f"{im.format}): its value range is unknown, so it cannot be "
+            f"{fmt}): its value range is unknown, so it cannot be "
             "mapped to 0..255 uint8 without guessing. Convert it to an 8-bit "
             "(or 16-bit integer) image first.")
       if mode in _GREY_MODES:
@@ -376,7 +468,10 @@ def _cache_key(path: str) -> str:
 
   An archive's key hashes its contents, so any change to it (even one that
   keeps its size and modification time) decodes it again. A folder's key
-  hashes each file's relative path, size, modification and change times.
+  hashes each folder's and file's relative path (an added empty class folder
+  changes it too) and each file's size, modification and change times; for
+  a symlinked file, those of its target and of the link itself (so pointing
+  a link elsewhere changes it).
   """
   h = hashlib.sha256(f"v{_CACHE_VERSION}:{path}".encode())
   if os.path.isfile(path):
@@ -385,14 +480,20 @@ def _cache_key(path: str) -> str:
         h.update(chunk)
   else:
     for split in _SPLITS:
-      for dirpath, dirnames, filenames in sorted(
-          os.walk(os.path.join(path, split))):
-        dirnames.sort()
-        for filename in sorted(filenames):
-          st = os.stat(os.path.join(dirpath, filename))
-          rel = os.path.relpath(os.path.join(dirpath, filename), path)
-          h.update(f":{rel}:{st.st_size}:{st.st_mtime_ns}:"
-                   f"{st.st_ctime_ns}".encode())
+      root = os.path.join(path, split)
+      if not os.path.isdir(root):
+        continue
+      for dirpath, filenames in _walk(root):
+        h.update(f"|{os.path.relpath(dirpath, path)}".encode())
+        for filename in filenames:
+          full = os.path.join(dirpath, filename)
+          stats = [os.lstat(full)]
+          if os.path.islink(full) and os.path.exists(full):
+            stats.append(os.stat(full))
+          h.update(f":{filename}".encode())
+          for st in stats:
+            h.update(f":{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:"
+                     f"{st.st_ctime_ns}".encode())
   return h.hexdigest()[:32]
 
 
@@ -434,17 +535,27 @@ def _missing_folder(path: str) -> FileNotFoundError:
       "'cifar10')")
 
 
-def folder_classes(path: str, classes_by_split: dict[str, list[str]]
+def folder_classes(path: str, classes_by_split: dict[str, list[str]],
+                   folders_by_split: dict[str, Any] | None = None
                    ) -> list[str]:
   """The class names (sorted ``train/`` folders) of an image folder.
+
+  Every ``train/`` class folder is a class, so label ``i`` is always the
+  ``i``-th folder name in sorted order. A class folder without images is
+  refused rather than dropped (dropping it would renumber every class after
+  it), as torchvision's ImageFolder refuses one.
 
   Args:
     path: the folder, for the messages.
     classes_by_split: each split's class name per image found.
+    folders_by_split: each split's class folders, images or not (None: only
+      the classes of the images found).
 
   Raises:
-    ValueError: a split without images, or test classes not in train/.
+    ValueError: a split without images, a ``train/`` class folder without
+      images, or ``test/`` classes (folders) not in ``train/``.
   """
+  folders = {s: set((folders_by_split or {}).get(s, ())) for s in _SPLITS}
   empty = [s for s in _SPLITS if not classes_by_split.get(s)]
   if empty:
     raise ValueError(
@@ -452,8 +563,19 @@ def folder_classes(path: str, classes_by_split: dict[str, list[str]]
         f"{path!r}: expected PATH/{empty[0]}/<class>/<image> with a "
         "Pillow-readable extension (.png, .jpg, .jpeg, .bmp, .gif, .webp, "
         "...)")
-  classes = sorted(set(classes_by_split["train"]))
-  unknown = sorted(set(classes_by_split["test"]) - set(classes))
+  with_images = set(classes_by_split["train"])
+  classes = sorted(with_images | folders["train"])
+  bare = [c for c in classes if c not in with_images]
+  if bare:
+    names = ", ".join(f"train/{c}/" for c in bare)
+    raise ValueError(
+        f"image folder {path!r} has class folders without images: {names} "
+        "(no files with a Pillow-readable extension). Every train/ folder "
+        "is a class, labelled by its place in the sorted folder names, so "
+        "an empty one is not dropped (that would renumber the classes "
+        "after it): add its images, or remove the folder.")
+  unknown = sorted((set(classes_by_split["test"]) | folders["test"])
+                   - set(classes))
   if unknown:
     raise ValueError(
         f"test/ of {path!r} has classes not in train/: {unknown}")
@@ -518,16 +640,18 @@ def _decode_folder(path: str, workers: int = 1) -> dict[str, np.ndarray]:
   exts = _image_extensions()
   found: dict[str, list[tuple[str, str, Any]]] = {s: [] for s in _SPLITS}
   if _is_tar(path):
-    for split, cls, name, data in _listing_tar(path, exts):
+    folders: dict[str, Any] = {}
+    for split, cls, name, data in _listing_tar(path, exts, folders):
       found[split].append((cls, name, data))
   elif os.path.isdir(path):  # folder() checked train/ and test/.
     for split, cls, filename in _listing_dir(path, exts):
       found[split].append((cls, filename, filename))
+    folders = class_folders(path)
   else:
     raise ValueError(
         f"{path!r} is neither a folder nor a .tar/.tar.gz/.tgz archive")
   classes = folder_classes(
-      path, {s: [cls for cls, _, _ in found[s]] for s in _SPLITS})
+      path, {s: [cls for cls, _, _ in found[s]] for s in _SPLITS}, folders)
   index = {cls: i for i, cls in enumerate(classes)}
   arrays = {"class_names": np.array(classes)}
   channels = None
@@ -554,6 +678,68 @@ def _decode_folder(path: str, workers: int = 1) -> dict[str, np.ndarray]:
   return arrays
 
 
+_CACHE_KEYS = frozenset(["class_names", "mean", "std"] + [
+    f"{split}_{part}" for split in _SPLITS for part in ("images", "labels")])
+
+
+def _cache_problem(arrays: dict[str, np.ndarray]) -> str | None:
+  """What is wrong with a cache file's arrays, or None if they fit together."""
+  if set(arrays) != _CACHE_KEYS:
+    return (f"keys {sorted(arrays)} are not the expected "
+            f"{sorted(_CACHE_KEYS)}")
+  classes = arrays["class_names"]
+  if classes.ndim != 1 or classes.dtype.kind != "U" or not len(classes):
+    return "class_names is not a list of names"
+  shape = None
+  for split in _SPLITS:
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+      return f"{split}_images is not uint8 [N, H, W, C]"
+    if shape not in (None, images.shape[1:]):
+      return "train and test images differ in shape"
+    shape = images.shape[1:]
+    if (labels.dtype != np.int32 or labels.shape != images.shape[:1]
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= len(classes)):
+      return f"{split}_labels do not label {split}_images"
+  for stat in ("mean", "std"):
+    if arrays[stat].dtype != np.float32 or arrays[stat].shape != shape[-1:]:
+      return f"{stat} is not float32 [C]"
+  return None
+
+
+def _read_cache(cache_file: str) -> dict[str, np.ndarray] | None:
+  """A cache file's arrays; None, with a warning, if it is damaged.
+
+  A truncated or overwritten file, or one whose arrays do not fit together
+  (missing keys, wrong dtypes or shapes), would otherwise block every load:
+  the caller decodes the folder again and replaces the file.
+  """
+  try:
+    # Opened here, so it is closed even where np.load raises.
+    with open(cache_file, "rb") as fh:
+      loaded = np.load(fh, allow_pickle=False)
+      if hasattr(loaded, "files"):
+        with loaded:
+          arrays = {k: loaded[k] for k in loaded.files}
+        problem = _cache_problem(arrays)
+      else:
+        problem = "a single array, not an .npz archive"
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file raises many types: zipfile.BadZipFile, OSError,
+    # EOFError, zlib.error, ValueError (pickled data) ...
+    problem = f"{type(e).__name__}: {e}"
+  if problem is None:
+    return arrays
+  warnings.warn(
+      f"the decoded-image cache {cache_file} is damaged ({problem}); "
+      "decoding the folder again and rewriting it.", RuntimeWarning,
+      stacklevel=3)
+  return None
+
+
 def cached_folder(path: str, *, cache_dir: str | None = None,
                   name: str | None = None, decode_workers: int = 1
                   ) -> Dataset:
@@ -565,11 +751,7 @@ def cached_folder(path: str, *, cache_dir: str | None = None,
   cache_file = os.path.join(cache_dir, f"folder-{_cache_key(path)}.npz")
   arrays = None
   if os.path.exists(cache_file):
-    try:
-      with np.load(cache_file, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError):  # Unreadable cache: decode again.
-      arrays = None
+    arrays = _read_cache(cache_file)
   if arrays is None:
     arrays = _decode_folder(path, decode_workers)
     _save_atomic(cache_file, arrays)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 
 import numpy as np
 
@@ -94,6 +96,56 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round(out), 0, 255), np.uint8)
 
 
+# Where the host's memory size is unknown, resizing may use at most this.
+_FALLBACK_MEMORY = 64 << 30
+# Bytes a resize holds per output pixel of the split being resized beyond its
+# uint8 result: float32 output and its rounded copy.
+_RESIZE_WORK_BYTES = 8
+
+
+def host_memory_bytes() -> int:
+  """This host's physical memory in bytes (64 GiB where it is unknown)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):
+    return _FALLBACK_MEMORY
+
+
+def _resize_bytes(size: int, counts: tuple[int, ...], channels: int) -> int:
+  """About the memory a resize of splits of ``counts`` images to size^2 needs.
+
+  The uint8 results of every split, plus float32 work space for the largest.
+  """
+  pixels = size * size * channels
+  return pixels * (sum(counts) + _RESIZE_WORK_BYTES * max(counts))
+
+
+def _check_image_size(image_size, counts: tuple[int, ...], channels: int,
+                      what: str) -> None:
+  """Refuses an ``image_size`` that is not an int or would not fit in memory.
+
+  A size whose resized dataset would need more bytes than the host has used
+  to abort the whole process inside XLA; it is refused by value instead.
+  """
+  if (not isinstance(image_size, (int, np.integer))
+      or isinstance(image_size, bool) or image_size < 1):
+    raise ValueError(f"image_size must be a positive int or None; got "
+                     f"{image_size!r}.")
+  limit = host_memory_bytes()
+  needed = _resize_bytes(int(image_size), counts, channels)
+  if needed <= limit:
+    return
+  largest = math.isqrt(limit // _resize_bytes(1, counts, channels))
+  while _resize_bytes(largest + 1, counts, channels) <= limit:
+    largest += 1  # isqrt of the floor can be one short.
+  raise ValueError(
+      f"image_size={image_size} is too large for {what}: resizing its "
+      f"{' + '.join(str(c) for c in counts)} images to {image_size}x"
+      f"{image_size}x{channels} needs about {needed:,} bytes (uint8 results "
+      f"and float32 work space), more than this host's {limit:,} bytes of "
+      f"memory. image_size must be in 1..{largest} here.")
+
+
 def subset(dataset: Dataset, *, train_size: int | None = None,
            test_size: int | None = None, image_size: int | None = None,
            seed: int = 0) -> Dataset:
@@ -109,11 +161,20 @@ def subset(dataset: Dataset, *, train_size: int | None = None,
       (None: all).
     test_size: test examples to keep, likewise.
     image_size: resize images to ``image_size x image_size`` (antialiased
-      bilinear, rounded back to uint8; None: as stored).
+      bilinear, rounded back to uint8; None: as stored). A size whose
+      resized splits, with the resize's float32 work space (8 bytes per
+      pixel of the larger split), would need more than the host's physical
+      memory is refused.
     seed: which examples are drawn.
 
   Returns:
     the new :class:`Dataset` (the same object when nothing is asked).
+
+  Raises:
+    ValueError: naming the argument, for an ``image_size`` that is not a
+      positive int or is too large for this host's memory (the message gives
+      the bytes needed and the accepted range), and for sizes that
+      :func:`balanced_subset` refuses.
 
   Example:
     >>> from gaf_optax import data
@@ -122,12 +183,16 @@ def subset(dataset: Dataset, *, train_size: int | None = None,
     >>> small.num_train, small.num_test, small.image_shape
     (100, 50, (16, 16, 1))
   """
-  if image_size is not None and (not isinstance(image_size, int) or
-                                 image_size < 1):
-    raise ValueError(f"image_size must be a positive int or None; got "
-                     f"{image_size!r}.")
   if train_size is None and test_size is None and image_size is None:
     return dataset
+  if image_size is not None:
+    counts = tuple(
+        size if isinstance(size, int) and size > 0 else max(len(source), 1)
+        for size, source in ((train_size, dataset.train),
+                             (test_size, dataset.test)))
+    _check_image_size(image_size, counts, dataset.image_shape[-1],
+                      repr(dataset.name))
+    image_size = int(image_size)
 
   def take(source, size):
     if size is None and image_size is None:
