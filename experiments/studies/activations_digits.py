@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from experiments import common
+from experiments import studies
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
@@ -181,14 +182,15 @@ def main(argv=None) -> None:
                       help="a tiny version (two arms each, 20 steps)")
   parser.add_argument("--seeds", type=int, default=3)
   args = parser.parse_args(argv)
-  studies = SMOKE if args.smoke else STUDIES
+  selected = SMOKE if args.smoke else STUDIES
   seeds = range(1 if args.smoke else args.seeds)
   t0 = time.time()
   ds = data.get("digits")
   command = common.command("experiments.studies.activations_digits", argv)
+  print(f"# {studies.title('activations_digits')}\n")
   print(f"Command: `{command}`\n\ndigits (gaf_optax.data): {ds.num_train} "
         f"train / {ds.num_test} test, full batch, seeds {list(seeds)}")
-  for study in studies:
+  for study in selected:
     print(f"\n### {study.title}\n\ndepth {study.depth}, width {study.width}, "
           f"{study.steps} steps, {study.optimizer}; mean +- std over "
           f"{len(seeds)} seed(s)\n")

@@ -47,6 +47,7 @@ import optax
 
 import gaf_optax
 from experiments import common
+from experiments import studies
 from gaf_optax import training
 
 MODULE = "experiments.studies.amplification"
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
                 fast_compile=args.smoke)
   os.makedirs(args.out, exist_ok=True)
   plot(cfg, results, lrs, os.path.join(args.out, "sweep.png"))
-  lines = ["# Study 5: gradient amplification over a learning-rate sweep", "",
+  lines = ["# " + studies.title("amplification"), "",
            f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (seed s keys initialization, batch order "
            "and augmentation; every arm sees the same; the random selection "

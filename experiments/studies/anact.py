@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from experiments import common
+from experiments import studies
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
   mlp = run_mlp(setting, seeds, fast_compile=args.smoke)
   lr = setting.plot_lr if setting.plot_lr in mlp else setting.lrs[0]
   plot_mlp(setting, mlp[lr], lr, os.path.join(args.out, "mlp.png"))
-  lines = ["# Study 4: ANAct (NSwish) vs Swish", "",
+  lines = ["# " + studies.title("anact"), "",
            f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (seed s keys initialization and batch "
            "order; both arms see the same)  ",

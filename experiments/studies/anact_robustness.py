@@ -69,6 +69,7 @@ import numpy as np
 import optax
 
 from experiments import common
+from experiments import studies
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
@@ -557,7 +558,7 @@ def main(argv=None) -> dict:
             for rule in ("batch", "running")}
     plot_mechanism(mech, mech_setting,
                    os.path.join(args.out, "mechanism.png"))
-  lines = ["# Study 7: ANAct's rules, and how robust they are", "",
+  lines = ["# " + studies.title("anact_robustness"), "",
            f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (part B; seed s keys initialization and "
            "batch order, the same for every arm)  ",

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from experiments import common
+from experiments import studies
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
   ds = data.get("digits")
   n_train, n_test = ds.num_train, ds.num_test
   t0 = time.time()
-  lines = ["# Study 3: base vs dropout vs GAAF, tanh MLPs on digits", "",
+  lines = ["# " + studies.title("gaaf"), "",
            f"Command: `{common.command(MODULE, argv)}`  ",
            f"Seeds: {list(seeds)} (seed s keys the initialization, batch "
            "order and dropout masks; every arm sees the same)  ",

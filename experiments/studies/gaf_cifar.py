@@ -46,6 +46,7 @@ import optax
 
 import gaf_optax
 from experiments import common
+from experiments import studies
 
 MODULE = "experiments.studies.gaf_cifar"
 DEFAULT_OUT = common.results_dir("gaf_cifar")
@@ -113,7 +114,7 @@ def report(cfg, seeds, summary, command, seconds) -> str:
                  common.mean_std(100 * s["best_test_acc"], 2),
                  common.mean_std(s["final_train_loss"], 3),
                  f"{s['seconds'].mean():.0f}"])
-  lines = ["# Study 1: GAF on CIFAR-10, small ResNet, all baselines", "",
+  lines = ["# " + studies.title("gaf_cifar", cfg.epochs), "",
            f"Command: `{command}`  ",
            f"Seeds: {list(seeds)} (seed s keys the initialization, the "
            "batch order and the augmentation; every arm sees the same)  ",

@@ -45,6 +45,7 @@ import optax
 
 import gaf_optax
 from experiments import common
+from experiments import studies
 
 DEFAULT_OUT = common.results_dir("theory")
 
@@ -323,7 +324,7 @@ def report(cfg: Config, seeds, quad, saddle, command: str,
            seconds: float) -> str:
   """The markdown of results.md."""
   lines = [
-      "# GAF theory checks: ill-conditioned quadratic and saddle escape",
+      "# " + studies.title("theory"),
       "",
       f"Command: `{command}`  ",
       f"Seeds: {list(seeds)} (seed s: `jax.random.key(s)` draws the start)  ",

@@ -49,6 +49,7 @@ import optax
 
 import gaf_optax
 from experiments import common
+from experiments import studies
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import nn as gnn
@@ -263,8 +264,7 @@ def main(argv=None) -> dict:
   os.makedirs(args.out, exist_ok=True)
   digits = dataset("mlp")
   t0 = time.time()
-  lines = ["# Vanishing gradients: SGD vs GAF vs GAAF vs ANAct vs "
-           "amplification", "",
+  lines = ["# " + studies.title("vanishing"), "",
            f"Command: `{command}`  ",
            f"Seeds: {list(seeds)} (seed s keys the initialization "
            "and the batch order; every arm sees the same)  ",

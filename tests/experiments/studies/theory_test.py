@@ -1,4 +1,4 @@
-"""Study 2 (GAF theory checks) smoke test. Finite, sane numbers and the claims that hold at any
+"""Study 6 (GAF theory checks) smoke test. Finite, sane numbers and the claims that hold at any
 scale, through the library's trainer; not the full results."""
 
 import math
