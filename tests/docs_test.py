@@ -77,3 +77,17 @@ def _check_api_pages(folder):
   params = re.sub(r"<[^>]+>", "", sgd_gaf.split("Parameters", 1)[1])
   assert re.search(r"learning_rate \(float \|[^)]*Callable", params), (
       params[:500])
+
+
+def test_the_pages_link_relatively_so_they_also_work_on_a_code_host():
+  absolute = []
+  for folder, _, files in os.walk(DOCS):
+    if "_build" in folder or "_autosummary" in folder:
+      continue
+    for name in files:
+      if name.endswith(".md"):
+        path = os.path.join(folder, name)
+        with open(path) as f:
+          absolute += [(os.path.relpath(path, DOCS), m) for m in
+                       re.findall(r"\]\((/[^)]*)\)", f.read())]
+  assert not absolute
