@@ -7,7 +7,10 @@ import shutil
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from gaf_optax.training import _workdir
 
 __all__ = ["Checkpointer"]
 
@@ -45,13 +48,44 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3):
+    self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     _remove_unfinished(self.directory)
     self._pending: int | None = None
-    self._manager = ocp.CheckpointManager(
+    self._max_to_keep = max_to_keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
                                              create=True))
+
+  def set_aside_after(self, step: int) -> list[str]:
+    """Moves the checkpoints after ``step`` aside, so ``step`` is the latest.
+
+    For a resume from an earlier step (``restore_step``): the later steps
+    (damaged, or of the run being redone) would otherwise stay the latest,
+    so the redone run's saves of those steps would be skipped as existing
+    and the next plain resume would take the old ones again. They go to
+    ``WORKDIR/checkpoints.aside/`` (not deleted; see
+    :func:`gaf_optax.training._workdir.set_aside_steps`).
+
+    Returns:
+      The new paths (process 0; empty elsewhere).
+    """
+    self.wait()
+    later = [s for s in self.all_steps() if s > step]
+    if not later:
+      return []
+    self._manager.close()
+    moved = _workdir.set_aside_steps(
+        self.workdir, self.directory, later,
+        f"Resuming {self.directory} from step {step} (restore_step)")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("gaf_optax set_aside_after")
+    self._manager = self._open()
+    return moved
 
   def latest_step(self) -> int | None:
     """The newest step saved, or being saved (complete after :meth:`close`)."""
@@ -102,18 +136,26 @@ class Checkpointer:
     if step is None or step not in steps:
       raise ValueError(
           f"No checkpoint for step {step} in {self.directory}; available: "
-          f"{steps}.")
+          f"{steps or 'none'}.")
     try:
       tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except
       earlier = [s for s in steps if s < step]
+      if earlier:
+        remedy = (f"Earlier checkpoints are kept: {earlier}. To resume from "
+                  f"one, set restore_step to it (--config.restore_step="
+                  f"{earlier[-1]}): the later ones are then set aside in "
+                  f"{os.path.join(self.workdir, _workdir.STEPS_ASIDE)}.")
+      else:
+        remedy = ("There is no earlier checkpoint: move "
+                  f"{os.path.join(self.directory, str(step))} aside to start "
+                  "anew.")
       raise ValueError(
           f"Checkpoint step {step} in {self.directory} could not be restored "
-          f"({type(e).__name__}: {str(e)[:300]}). It may be damaged or "
-          "incomplete, or written by a run with another model or optimizer "
-          f"config. Earlier checkpoints are kept: {earlier}. Move "
-          f"{os.path.join(self.directory, str(step))} aside to resume from "
-          "the previous one, or set config.restore_step.") from e
+          f"({type(e).__name__}: {str(e)[:300]}). It is probably damaged or "
+          "incomplete (the run's settings were checked against run.json "
+          "first; without run.json it may also be a run's with another model "
+          f"or optimizer). {remedy}") from e
     return step, tree
 
   def close(self) -> None:

@@ -150,6 +150,13 @@ def _check_int(name: str, value, low: int) -> None:
 
 
 def _check_workdir(workdir: str) -> None:
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f"workdir must be a path (str) or None; got "
+                    f"{type(workdir).__name__}.")
+  if not os.fspath(workdir):
+    raise ValueError("workdir is '' (empty); give a directory path, e.g. "
+                     "'runs/digits' ('.' for the current one), or None to "
+                     "write nothing.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} is a file; it must be a directory "
                      "(or a path that does not exist yet).")
@@ -514,7 +521,11 @@ class Trainer:
     Stored as ``WORKDIR/run.json`` at a fresh start; :meth:`fit` refuses to
     resume a checkpoint whose run had other values. From a config, the
     config's fields too, apart from those that only say how to run
-    (:data:`gaf_optax.training.RESUMABLE_FIELDS`).
+    (:data:`gaf_optax.training.RESUMABLE_FIELDS`). ``fingerprint``
+    identifies the model's parameters and the optimizer (its state's
+    structure and a digest of its update's computation, which changes with
+    the learning rate and every other constant); what it does and does not
+    detect: :func:`gaf_optax.training._workdir.fingerprint`.
     """
     info = {"dataset": self.dataset.name, "num_train": self.dataset.num_train,
             "image_shape": list(self.dataset.image_shape),
@@ -525,7 +536,41 @@ class Trainer:
             "skip_nonfinite_steps": self.skip_nonfinite_steps}
     if self.config is not None:
       info["config"] = _build.step_defining_fields(self.config)
+    shapes = jax.eval_shape(lambda: _step.init_state(
+        self._model, self.tx, 0, self.dataset.image_shape))
+    extra = {}
+    if self.amplification_points:  # the step's tx.update(layer_stats=...)
+      extra["layer_stats"] = jax.ShapeDtypeStruct(
+          (getattr(self._model, "num_amplification_points", 0),),
+          jnp.float32)
+    info["fingerprint"] = _workdir.fingerprint(self.tx, shapes, extra)
     return info
+
+  def _open_workdir(self, workdir: str, ckpt: Checkpointer, step: int,
+                    restore_step: int | None) -> None:
+    """Checks a resume against ``run.json``, or starts the workdir anew."""
+    steps = ckpt.all_steps()
+    if restore_step is not None and restore_step not in steps:
+      raise ValueError(
+          f"restore_step={restore_step}, but {ckpt.directory} holds no "
+          f"checkpoint of that step; its steps: {steps or 'none'}. Set "
+          "restore_step to one of them, or to None to resume the latest (or "
+          "start anew without one).")
+    if steps:
+      _workdir.check_run_info(
+          workdir, self.run_info(),
+          step=steps[-1] if restore_step is None else restore_step,
+          explicit=restore_step is not None)
+      return
+    info = self.run_info()
+    if step:  # a second fit() of this trainer: continuing its own run?
+      try:
+        _workdir.check_run_info(workdir, info, step=step)
+        return
+      except ValueError:
+        pass  # another run's outputs, or none: start the workdir anew
+    _workdir.set_aside_outputs(workdir)
+    _workdir.write_run_info(workdir, info)
 
   def _save(self, ckpt: Checkpointer, step: int) -> None:
     """Checkpoints the state unless it diverged (then raises)."""
@@ -534,8 +579,8 @@ class Trainer:
       raise _guard.NonFiniteError(
           f"The state after step {step} holds non-finite values although "
           "every loss and gradient norm was finite (an overflowing update?); "
-          f"it was not saved. The last good checkpoint is step "
-          f"{ckpt.latest_step()} in {ckpt.directory}.",
+          "it was not saved; "
+          f"{_guard._last(ckpt.latest_step(), ckpt.directory)}.",  # pylint: disable=protected-access
           step=step, checkpoint=ckpt.latest_step())
     ckpt.save(step, self.state)  # asynchronous; a no-op if step is saved
 
@@ -560,9 +605,13 @@ class Trainer:
 
     - a checkpoint in ``workdir`` is resumed, with the records up to its
       step (a torn last line is dropped), if ``WORKDIR/run.json`` shows the
-      same step-defining settings (:meth:`run_info`), else a ValueError
-      names the ones that differ; without a checkpoint, earlier outputs are
-      set aside (``metrics.jsonl.old1`` ...) and the run starts anew;
+      same step-defining settings and model/optimizer fingerprint
+      (:meth:`run_info`), else a ValueError names the ones that differ (a
+      missing or unreadable ``run.json`` is a ValueError too, unless
+      ``restore_step`` names the step); without a checkpoint, earlier
+      outputs are set aside (``metrics.jsonl.old1`` ...), ``run.json`` is
+      written and the run starts anew (a second ``fit`` of this trainer
+      into the workdir of its first continues its records);
     - SIGTERM or SIGINT finishes the current step, checkpoints it (when
       there is a workdir), flushes the writers and raises
       :class:`Preempted`;
@@ -581,7 +630,13 @@ class Trainer:
         so that a hard kill loses at most that many.
       checkpoint_at_end: checkpoint after the last step.
       keep_checkpoints: checkpoints kept (>= 1).
-      restore_step: resume from this step instead of the latest.
+      restore_step: resume from this step instead of the latest (a
+        ValueError naming the steps there if it has none of that step). The
+        later checkpoints are set aside in ``WORKDIR/checkpoints.aside/``,
+        so the steps after it are trained and saved anew and the next plain
+        run resumes those: the remedy for a damaged latest checkpoint. Also
+        the explicit consent to resume a checkpoint whose ``run.json`` is
+        missing (``run.json`` is then written for this run's settings).
       tensorboard: also write TensorBoard scalars.
       log_to_stdout: print each epoch's record.
       progress: show a progress bar per epoch (process 0).
@@ -610,6 +665,11 @@ class Trainer:
       _check_int(name, value, low)
     if max_steps is not None:
       _check_int("max_steps", max_steps, 0)
+    if restore_step is not None:
+      _check_int("restore_step", restore_step, 0)
+      if workdir is None:
+        raise ValueError(f"restore_step={restore_step} needs a workdir to "
+                         "restore from; got workdir=None.")
     ckpt = None
     records: list[dict] = []
     step = int(jax.device_get(self.state.step))  # a second fit() continues
@@ -617,15 +677,11 @@ class Trainer:
       _check_workdir(workdir)
       os.makedirs(workdir, exist_ok=True)
       ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
-      if ckpt.latest_step() is not None:
-        try:
-          _workdir.check_run_info(workdir, self.run_info())
-        except ValueError:
-          ckpt.close()
-          raise
-      elif step == 0:
-        _workdir.set_aside_outputs(workdir)
-        _workdir.write_run_info(workdir, self.run_info())
+      try:
+        self._open_workdir(workdir, ckpt, step, restore_step)
+      except BaseException:
+        ckpt.close()
+        raise
       writer = MetricWriter(workdir, tensorboard=tensorboard,
                             stdout=log_to_stdout)
     else:
@@ -663,6 +719,8 @@ class Trainer:
         step, state = ckpt.restore(self.state, restore_step)
         self.state = _own_buffers(jax.device_put(state,
                                                  self.state_sharding))
+        if restore_step is not None:  # redo the later steps, and keep them
+          ckpt.set_aside_after(step)
         records = writer.truncate_after(step)
       # One stream for the rest of the run: Grain workers start once.
       stream = self.train_batches(*divmod(step, spe),
