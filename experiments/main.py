@@ -4,23 +4,44 @@
         --workdir=/tmp/run [--config.optimizer=sgd_gaf ...]
 
 A checkpoint in ``--workdir`` is resumed. Metrics go to stdout,
-``WORKDIR/metrics.jsonl`` and TensorBoard (``WORKDIR/tensorboard``).
+``WORKDIR/metrics.jsonl`` and TensorBoard (``WORKDIR/tensorboard``). One run
+at a time per workdir: a second one exits at once with status 2, naming the
+lock file ``WORKDIR/lock`` and the run holding it; the lock is the kernel's
+(``flock``), so a run that crashed or was killed leaves none behind.
 
-Exit status: 0 when the run is complete; 1 with a message when it diverged
-(``NonFiniteError``: no diverged state is saved, the message names the last
-good checkpoint); 128 + the signal's number (143 for SIGTERM, 130 for
-SIGINT) after a stop signal, once the current step is checkpointed: run the
-same command again to resume.
+Exit status (a scheduler can tell these apart; each failure prints one line
+to stderr, and ``--verbosity=0`` or higher also prints its traceback):
+
+- 0: the run is complete.
+- 2: bad config or input: a config field, a model argument, a dataset that
+  cannot be read (a damaged image, a missing folder, labels the model has
+  no outputs for), or a workdir in use by another run. Nothing was trained;
+  running again will fail again.
+- 3: the run diverged (``NonFiniteError``): no diverged state is saved, the
+  message names the last good checkpoint.
+- 4: an I/O failure (``CheckpointWriteError``, e.g. a full disk during a
+  save; any other ``OSError``): the earlier checkpoints are kept; fix the
+  file system and run the same command again to resume.
+- 128 + the signal's number (143 for SIGTERM, 130 for SIGINT) after a stop
+  signal, once the current step is checkpointed: run the same command again
+  to resume.
+- 1: anything else (a bug: Python's traceback).
 """
 
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from gaf_optax import data
 from gaf_optax import training
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_IO = 4
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A get_config() file (see experiments/configs).",
@@ -29,19 +50,38 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _no_orbax_tracebacks(record) -> bool:
+  # Orbax logs a failed background save with its traceback several times
+  # over (hundreds of lines); the error comes back as CheckpointWriteError,
+  # printed in one line.
+  return not (record.exc_info and "orbax" in record.pathname)
+
+
+def _fail(code: int, e: BaseException):
+  if flags.FLAGS["verbosity"].present:
+    traceback.print_exception(type(e), e, e.__traceback__)
+  print(f"{type(e).__name__}: {e}", file=sys.stderr)
+  sys.exit(code)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    logging.get_absl_logger().addFilter(_no_orbax_tracebacks)
   try:
     summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except training.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(128 + (e.signum or 15))
   except training.NonFiniteError as e:
-    print(e, file=sys.stderr)
-    sys.exit(1)
+    _fail(EXIT_DIVERGED, e)
+  except (training.WorkdirLocked, data.TfdsNotPreparedError, ValueError,
+          TypeError, FileNotFoundError) as e:
+    _fail(EXIT_BAD_INPUT, e)
+  except OSError as e:  # CheckpointWriteError among them
+    _fail(EXIT_IO, e)
   print(f"last test accuracy {summary['last_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f}")
 

@@ -37,11 +37,14 @@ from gaf_optax.training._build import build_telemetry
 from gaf_optax.training._build import get_activation
 from gaf_optax.training._build import layer_labels
 from gaf_optax.training._build import validate_config
+from gaf_optax.training._checkpoint import CheckpointWriteError
 from gaf_optax.training._checkpoint import Checkpointer
 from gaf_optax.training._guard import NonFiniteError
 from gaf_optax.training._guard import Preempted
 from gaf_optax.training._guard import TrainingStopped
 from gaf_optax.training._guard import all_finite
+from gaf_optax.training._lock import WorkdirLock
+from gaf_optax.training._lock import WorkdirLocked
 from gaf_optax.training._metrics import MetricWriter
 from gaf_optax.training._sharding import fsdp_spec
 from gaf_optax.training._sharding import per_device_bytes
@@ -68,6 +71,7 @@ from gaf_optax.training._train import train_and_evaluate
 __all__ = [
     "ACTIVATIONS",
     "CPU_NO_YNN",
+    "CheckpointWriteError",
     "Checkpointer",
     "MetricWriter",
     "NNXFunctional",
@@ -80,6 +84,8 @@ __all__ = [
     "TrainState",
     "Trainer",
     "TrainingStopped",
+    "WorkdirLock",
+    "WorkdirLocked",
     "all_finite",
     "anact_lambda_names",
     "build_model",

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from gaf_optax.training import _workdir
 
-__all__ = ["Checkpointer"]
+__all__ = ["CheckpointWriteError", "Checkpointer"]
 
 _UNFINISHED = ".orbax-checkpoint-tmp"
 
@@ -29,6 +29,37 @@ def _remove_unfinished(directory: str) -> None:
   for name in os.listdir(directory):
     if _UNFINISHED in name:
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a quota, a lost mount).
+
+  The message is one line naming the step, the directory, the cause (Orbax's
+  or TensorStore's error, shortened) and the earlier checkpoints, which are
+  kept: an unfinished save never replaces them, and its temporary folder is
+  removed when the next run opens the directory. The full cause is the
+  exception's ``__cause__``.
+
+  Attributes:
+    step: the step whose save failed.
+    directory: the checkpoint directory.
+    kept: the complete checkpoints' steps that remain.
+  """
+
+  def __init__(self, message: str, *, step: int | None, directory: str,
+               kept: list[int]):
+    super().__init__(message)
+    self.step = step
+    self.directory = directory
+    self.kept = kept
+
+  def __str__(self) -> str:
+    return self.args[0]
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 class Checkpointer:
@@ -112,13 +143,37 @@ class Checkpointer:
       return
     tree = jax.tree.map(
         lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
-    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    try:  # also reports the previous save's failure, found here
+      self._manager.save(step, args=ocp.args.StandardSave(tree))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(self._pending or step, e) from e
     self._pending = step
 
   def wait(self) -> None:
-    """Blocks until the save in flight (if any) is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the save in flight (if any) is complete on disk.
+
+    Raises:
+      CheckpointWriteError: the save failed (e.g. the disk is full).
+    """
+    pending, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(pending, e) from e
+
+  def _write_error(self, step: int | None, e: Exception
+                   ) -> CheckpointWriteError:
     self._pending = None
+    try:
+      kept = sorted(s for s in self._manager.all_steps() if s != step)
+    except Exception:  # pylint: disable=broad-except
+      kept = []
+    return CheckpointWriteError(
+        f"Could not write the checkpoint of step {step} in {self.directory} "
+        f"({_first_line(e)}). The earlier checkpoints are kept: {kept}; free "
+        "space (or fix the file system) and run the same command again to "
+        "resume from the latest of them.",
+        step=step, directory=self.directory, kept=kept)
 
   def restore(self, target: Any, step: int | None = None) -> tuple[int, Any]:
     """Restores ``step`` (default: the latest) into the structure of target.
@@ -159,6 +214,18 @@ class Checkpointer:
     return step, tree
 
   def close(self) -> None:
-    """Waits for the save in flight, then releases Orbax's resources."""
-    self.wait()
+    """Waits for the save in flight, then releases Orbax's resources.
+
+    Raises:
+      CheckpointWriteError: the save in flight failed (the resources are
+        released even so).
+    """
+    try:
+      self.wait()
+    except CheckpointWriteError:
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        pass  # the same failure again; the first report is the one raised
+      raise
     self._manager.close()

@@ -28,10 +28,12 @@ checkpoints and metric files; what convolutions on XLA:CPU want) and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gaf_optax import data as data_lib
 from gaf_optax.training import _build
 from gaf_optax.training import _guard
+from gaf_optax.training import _lock
 from gaf_optax.training import _nnx
 from gaf_optax.training import _sharding
 from gaf_optax.training import _step
@@ -275,6 +278,10 @@ class Trainer:
     if not isinstance(tx, optax.GradientTransformation):
       raise TypeError(f"tx must be an optax.GradientTransformation; got "
                       f"{type(tx).__name__}.")
+    _check_int("batch_size", batch_size, 1)
+    _check_int("num_epochs", num_epochs, 1)
+    if eval_batch_size is not None:  # None (only): batch_size
+      _check_int("eval_batch_size", eval_batch_size, 1)
     _check_int("seed", seed, 0)
     _check_int("skip_nonfinite_steps", skip_nonfinite_steps, 0)
     _check_int("data_workers", data_workers, 0)
@@ -284,16 +291,15 @@ class Trainer:
       raise TypeError(
           "dataset must be a gaf_optax.data.Dataset (gaf_optax.data.get(...)"
           f"); got {type(dataset).__name__}.")
-    if not isinstance(num_epochs, int) or num_epochs < 1:
-      raise ValueError(f"num_epochs must be an int >= 1; got {num_epochs!r}.")
     self.model = model
     # NNX modules run through the same functional step (training/_nnx.py).
     model = self._model = _nnx.functional(model)
     self.tx = tx
     self.dataset = dataset
-    self.batch_size = batch_size
-    self.eval_batch_size = eval_batch_size or batch_size
-    self.num_epochs = num_epochs
+    self.batch_size = int(batch_size)
+    self.eval_batch_size = int(batch_size if eval_batch_size is None
+                               else eval_batch_size)
+    self.num_epochs = int(num_epochs)
     self.seed = int(seed)
     self.mesh = mesh or make_mesh()
     self.preprocess = preprocess or Preprocess.for_dataset(dataset)
@@ -339,6 +345,7 @@ class Trainer:
         telemetry=telemetry, loss_fn=loss_fn)
     self.eval_fn = _step.make_eval_step(model, self.preprocess,
                                         loss_fn=loss_fn)
+    self._check_labels()
     if compiler_options is None:
       compiler_options = default_compiler_options(self.mesh)
     self.compiler_options = compiler_options or None
@@ -420,6 +427,56 @@ class Trainer:
                                             self.dataset.image_shape),
                    out_shardings=self.state_sharding)
     return _own_buffers(init())
+
+  def output_width(self) -> int | None:
+    """The model's number of outputs (its logits' last dimension).
+
+    Traced once without computing anything (``jax.eval_shape``); None for a
+    model whose output is not a ``[batch, classes]`` array.
+    """
+    model, sig = _step._prepared(self._model)  # pylint: disable=protected-access
+    shape = self.dataset.image_shape
+
+    def logits():
+      state = _step.init_state(self._model, optax.identity(), 0, shape)
+      out, _ = _step._apply(  # pylint: disable=protected-access
+          model, sig, state.params, state.model_state,
+          jnp.zeros((1, *shape), jnp.float32), train=False)
+      return out
+
+    out = jax.eval_shape(logits)
+    return int(out.shape[-1]) if getattr(out, "ndim", 0) >= 2 else None
+
+  def _check_labels(self) -> None:
+    """Refuses labels that the model's outputs cannot be scored against.
+
+    Checked once, here, not per step: a label at or above the number of
+    outputs makes the cross-entropy NaN, which the run would otherwise
+    report as a divergence. In-memory sets (``ArraySource``) are checked
+    label by label; for others, ``dataset.num_classes`` is compared with
+    the model's width.
+    """
+    width = self.output_width()
+    if width is None:
+      return
+    for name in ("train", "test"):
+      src = getattr(self.dataset, name)
+      labels = getattr(src, "labels", None)
+      if (isinstance(src, data_lib.ArraySource) and labels is not None and
+          np.issubdtype(np.asarray(labels).dtype, np.integer) and
+          np.size(labels)):
+        low, high = int(np.min(labels)), int(np.max(labels))
+        what = f"dataset.{name} has labels in [{low}, {high}]"
+      else:
+        low, high = 0, self.dataset.num_classes - 1
+        what = f"the dataset has {self.dataset.num_classes} classes"
+      if low < 0 or high >= width:
+        raise ValueError(
+            f"{what}, but the model has {width} outputs: labels must be "
+            f"class indices in [0, {width - 1}]. Build the model with "
+            f"num_classes=dataset.num_classes ({self.dataset.num_classes}), "
+            "or relabel the data. (Checked before training, since such a "
+            "label makes the loss NaN, which would read as a divergence.)")
 
   # ------------------------------------------------------------- names
   def telemetry_names(self) -> dict[str, list[str]]:
@@ -575,14 +632,29 @@ class Trainer:
   def _save(self, ckpt: Checkpointer, step: int) -> None:
     """Checkpoints the state unless it diverged (then raises)."""
     self._check_health(ckpt)
-    if not bool(_guard.all_finite(self.state)):
-      raise _guard.NonFiniteError(
-          f"The state after step {step} holds non-finite values although "
-          "every loss and gradient norm was finite (an overflowing update?); "
-          "it was not saved; "
-          f"{_guard._last(ckpt.latest_step(), ckpt.directory)}.",  # pylint: disable=protected-access
-          step=step, checkpoint=ckpt.latest_step())
+    self._check_finite(ckpt, step)
     ckpt.save(step, self.state)  # asynchronous; a no-op if step is saved
+
+  def _check_finite(self, ckpt: Checkpointer | None, step: int) -> None:
+    """Raises NonFiniteError when the state holds a NaN or an infinity.
+
+    The step's own check sees only the loss and gradient; an update can
+    still overflow (or a transformation make NaN) with both finite. So the
+    whole state is checked (one reduction) before every save, at every
+    epoch's end (before its evaluation is recorded) and where ``fit``
+    stops: a run that returns has a finite state.
+    """
+    if bool(_guard.all_finite(self.state)):
+      return
+    checkpoint = None if ckpt is None else ckpt.latest_step()
+    last = _guard._last(  # pylint: disable=protected-access
+        checkpoint, None if ckpt is None else ckpt.directory)
+    raise _guard.NonFiniteError(
+        f"The state after step {step} holds non-finite values (parameters, "
+        "model or optimizer state) although every loss and gradient norm "
+        "was finite: an update overflowed, or the transformation made "
+        "them. The run stops and this state was not saved; "
+        f"{last}.", step=step, checkpoint=checkpoint)
 
   def _check_health(self, ckpt: Checkpointer | None) -> None:
     h = _guard.health(self.state)
@@ -618,7 +690,17 @@ class Trainer:
     - a non-finite loss or gradient (beyond ``skip_nonfinite_steps`` in a
       row) raises :class:`NonFiniteError`, naming the step and the last good
       checkpoint; a diverged state is never saved, so checkpoint rotation
-      keeps the good ones.
+      keeps the good ones;
+    - so does a state that became non-finite with a finite loss and
+      gradient (an overflowing update), found at the epoch's end or where
+      ``max_steps`` stops, with or without a workdir: a run that returns
+      has a finite state;
+    - one run at a time per workdir: a second one raises
+      :class:`WorkdirLocked` at once (``WORKDIR/lock``; the kernel frees it
+      when the holder exits, so a crash leaves no stale lock);
+    - a checkpoint that cannot be written (a full disk) raises
+      :class:`CheckpointWriteError` in one line, naming the step; the
+      earlier checkpoints are kept.
 
     Args:
       workdir: output directory (``metrics.jsonl``, ``telemetry.jsonl``,
@@ -655,6 +737,8 @@ class Trainer:
     Raises:
       NonFiniteError: the run diverged.
       Preempted: a stop signal arrived (the state is saved).
+      WorkdirLocked: another run is using ``workdir``.
+      CheckpointWriteError: a checkpoint could not be written.
       ValueError: bad arguments, or a checkpoint of a run with other
         settings.
     """
@@ -673,19 +757,24 @@ class Trainer:
     ckpt = None
     records: list[dict] = []
     step = int(jax.device_get(self.state.step))  # a second fit() continues
+    # What the run holds, let go of in reverse order however it ends.
+    cleanup = contextlib.ExitStack()
     if workdir is not None:
       _check_workdir(workdir)
       os.makedirs(workdir, exist_ok=True)
-      ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
-      try:
+      with contextlib.ExitStack() as setup:
+        # One run per workdir (_lock.py): a second one fails here, at once.
+        setup.enter_context(_lock.WorkdirLock(
+            workdir, process_index=jax.process_index()))
+        ckpt = Checkpointer(workdir, max_to_keep=keep_checkpoints)
+        setup.callback(ckpt.close)
         self._open_workdir(workdir, ckpt, step, restore_step)
-      except BaseException:
-        ckpt.close()
-        raise
-      writer = MetricWriter(workdir, tensorboard=tensorboard,
-                            stdout=log_to_stdout)
+        writer = MetricWriter(workdir, tensorboard=tensorboard,
+                              stdout=log_to_stdout)
+        cleanup = setup.pop_all()
     else:
       writer = MetricWriter(None, tensorboard=False, stdout=log_to_stdout)
+    cleanup.callback(writer.close)
     stop = self.total_steps if max_steps is None else min(max_steps,
                                                           self.total_steps)
     probe_fn = jax.jit(probe) if probe is not None else None
@@ -763,6 +852,7 @@ class Trainer:
           step_loss += [float(x) for x in jax.device_get(losses)]
           flush_telemetry()
           self._check_health(ckpt)
+          self._check_finite(ckpt, step)  # before its evaluation is kept
           if step % spe:  # stopped inside the epoch (max_steps)
             break
           record = {"step": step, "epoch": epoch + 1,
@@ -789,11 +879,11 @@ class Trainer:
           if step < stop and signals.should_stop(step):
             stop_for_signal()
     finally:
-      if hasattr(stream, "close"):
-        stream.close()  # stops data workers
-      if ckpt is not None:
-        ckpt.close()
-      writer.close()
+      # The data workers, then the writers, the checkpoints (a failed save
+      # raises its CheckpointWriteError here) and the workdir's lock.
+      with cleanup:
+        if hasattr(stream, "close"):
+          stream.close()  # stops data workers
     last = records[-1] if records else {}
     return {
         "records": records,
@@ -829,8 +919,14 @@ class Trainer:
     the scan, which would stall the device at every epoch and could not end
     the run. :meth:`compile_seeds` compiles these programs ahead of time.
 
+    A seed whose run diverges does not stop the others (design: one jitted
+    program trains them all, and a study wants the finished seeds). Its
+    values are NaN from there on (accuracy is then meaningless), its
+    ``finite`` entries are False, and a ``RuntimeWarning`` names it;
+    :meth:`fit` raises :class:`NonFiniteError` instead.
+
     Args:
-      seeds: the runs' seeds.
+      seeds: the runs' seeds (a non-empty sequence of ints >= 0).
       probe: ``state -> dict`` of arrays, traced into every epoch's end.
       on_epoch: ``(epoch, record) -> stop`` after each epoch (``epoch``
         counts from 1; ``record`` is that epoch's values as host arrays
@@ -842,12 +938,18 @@ class Trainer:
       ``train_accuracy``, ``test_loss``, ``test_accuracy``, the epoch mean of
       every per-step metric (``loss``, ``grad_norm`` and the telemetry's),
       the probe's values; ``steps``: every step's metrics ``[seeds, epochs,
-      steps_per_epoch, ...]``; ``telemetry_names``. ``epochs`` is the number
-      run (fewer than ``num_epochs`` when ``on_epoch`` stopped it).
+      steps_per_epoch, ...]``; ``finite`` (bool ``[seeds, epochs]``: the
+      whole state was finite after the epoch); ``telemetry_names``.
+      ``epochs`` is the number run (fewer than ``num_epochs`` when
+      ``on_epoch`` stopped it).
+
+    Raises:
+      ValueError: ``seeds`` is empty or holds something else than ints
+        >= 0.
     """
+    seeds = self._checked_seeds(seeds)
     self._check_seeds_sources()
     train, test = self.dataset.train, self.dataset.test
-    seeds = [int(s) for s in seeds]
     spe, bs, n = self.steps_per_epoch, self.batch_size, len(train)
     idx = np.stack([np.stack([
         data_lib.epoch_order(n, seed=s, epoch=e)[:spe * bs].reshape(spe, bs)
@@ -868,6 +970,7 @@ class Trainer:
           break
       out = jax.tree.map(lambda *xs: np.stack(xs, 1), *records)
       out["telemetry_names"] = self.telemetry_names()
+      _warn_diverged(seeds, out["finite"])
       return out
 
     init, epoch = self._seeds_program(probe)
@@ -889,7 +992,21 @@ class Trainer:
                     "label": jnp.asarray(test.labels)})
     out = jax.tree.map(np.asarray, history)
     out["telemetry_names"] = self.telemetry_names()
+    _warn_diverged(seeds, out["finite"])
     return out
+
+  @staticmethod
+  def _checked_seeds(seeds) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+      raise ValueError("seeds must be a non-empty sequence of ints >= 0; got "
+                       f"{seeds!r}.")
+    seeds = list(seeds)
+    if not seeds:
+      raise ValueError("seeds must be a non-empty sequence of ints >= 0; got "
+                       "none (fit_seeds trains one run per seed).")
+    for s in seeds:
+      _check_int("each of seeds", s, 0)
+    return [int(s) for s in seeds]
 
   def compile_seeds(self, seeds: Sequence[int], *,
                     probe: Probe | None = None) -> float:
@@ -907,6 +1024,7 @@ class Trainer:
     Returns:
       The seconds that compiling took (0 when already compiled).
     """
+    seeds = self._checked_seeds(seeds)
     self._check_seeds_sources()
     start = time.perf_counter()
     kept = self._seeds_compiled
@@ -981,13 +1099,25 @@ class Trainer:
                 "test_loss": totals["loss"] / totals["count"],
                 "test_accuracy": totals["correct"] / totals["count"],
                 **{k: jnp.mean(v, 0) for k, v in metrics.items()},
-                "steps": metrics}
+                "steps": metrics,
+                "finite": _guard.all_finite(state)}
       state = state.replace(sums=_step.zero_sums())
       if probe is not None:
         record.update(probe(state))
       return state, record
 
     return init, epoch
+
+
+def _warn_diverged(seeds: list[int], finite: np.ndarray) -> None:
+  bad = [(s, int(np.argmin(f)) + 1) for s, f in zip(seeds, finite)
+         if not f.all()]
+  if bad:
+    warnings.warn(
+        "fit_seeds: the state of seed(s) " + ", ".join(
+            f"{s} (from epoch {e})" for s, e in bad) + " is non-finite: "
+        "their records hold NaN from there on; see the 'finite' key.",
+        RuntimeWarning, stacklevel=3)
 
 
 def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
@@ -1004,16 +1134,21 @@ def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None,
 
   Returns:
     :meth:`Trainer.fit`'s summary.
+
+  Raises:
+    WorkdirLocked: another run is using ``workdir`` (found before any data
+      are read).
   """
   _build.validate_config(config)
   _check_workdir(workdir)
   initialize_distributed(config)
-  trainer = Trainer.from_config(config, mesh)
-  return trainer.fit(
-      workdir, max_steps=max_steps,
-      checkpoint_every_steps=config.checkpoint_every_steps,
-      checkpoint_at_end=config.checkpoint_at_end,
-      keep_checkpoints=config.keep_checkpoints,
-      restore_step=config.restore_step, tensorboard=config.tensorboard,
-      log_to_stdout=config.log_to_stdout, progress=config.progress,
-      check_every=config.check_every)
+  with _lock.WorkdirLock(workdir, process_index=jax.process_index()):
+    trainer = Trainer.from_config(config, mesh)
+    return trainer.fit(
+        workdir, max_steps=max_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        checkpoint_at_end=config.checkpoint_at_end,
+        keep_checkpoints=config.keep_checkpoints,
+        restore_step=config.restore_step, tensorboard=config.tensorboard,
+        log_to_stdout=config.log_to_stdout, progress=config.progress,
+        check_every=config.check_every)

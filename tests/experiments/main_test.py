@@ -31,7 +31,7 @@ def test_main_entry_point_trains_and_writes_metrics(tmp_path):
 def test_main_exits_nonzero_on_divergence_naming_the_step(tmp_path):
   work = tmp_path / "run"
   proc = _main(work, "--config.learning_rate=1e6", "--config.tensorboard=False")
-  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.returncode == 3, proc.stderr[-3000:]  # EXIT_DIVERGED
   assert "Non-finite loss or gradient from step" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(work / "checkpoints") or not os.listdir(
