@@ -518,14 +518,54 @@ def _is_scalar(value: Any) -> bool:
   return callable(value) or np.ndim(value) == 0
 
 
-def _mask_leaves(mask: MaskOrFn, updates: Any) -> list[bool]:
+def _brief_structure(tree: Any, limit: int = 160) -> str:
+  text = str(jax.tree.structure(tree))
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _mask_tree(where: str, mask: MaskOrFn, tree: Any) -> Any:
+  """The mask as a tree (a callable is called), checked against `tree`.
+
+  As in optax, the mask's structure must be the tree's or a prefix of it;
+  otherwise a ValueError names ``weight_decay_mask`` and shows both
+  structures (optax's own error names neither).
+  """
+  mask_tree = mask(tree) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda m, sub: None, mask_tree, tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{where}: weight_decay_mask must have the parameters' tree "
+        "structure (or a prefix of it), one bool per parameter; got a mask "
+        f"of structure {_brief_structure(mask_tree)} for parameters of "
+        f"structure {_brief_structure(tree)}.") from e
+  return mask_tree
+
+
+def _mask_leaves(where: str, mask: MaskOrFn, updates: Any) -> list[bool]:
   """optax.masked's reading of a mask: one bool per leaf of `updates`."""
   if mask is None:
     return [True] * len(jax.tree.leaves(updates))
-  tree = mask(updates) if callable(mask) else mask
+  tree = _mask_tree(where, mask, updates)
   full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
                       tree, updates)
   return [bool(m) for m in jax.tree.leaves(full)]
+
+
+def _is_float16(x: Any) -> bool:
+  return getattr(x, "dtype", None) == jnp.float16
+
+
+def _moment_dtype(dtype: Any) -> Any:
+  """The dtype a second moment (a running mean of squares) is kept in.
+
+  float32 for float16 leaves: float16 cannot hold a squared gradient below
+  about 6e-8 (``(1 - b2) * d**2`` of a ``|d| < 8e-3`` underflows to 0 at
+  ``b2 = 0.999``), so ``m / (sqrt(v) + eps)`` would divide by 0 (eps 1e-8
+  is 0 in float16 too). Every other dtype keeps its own (bfloat16 has
+  float32's range).
+  """
+  return jnp.float32 if dtype == jnp.float16 else dtype
 
 
 def _advance(stage_state: Any) -> Any:
@@ -766,7 +806,20 @@ def _decay(where: str, weight_decay: Any,
                        "weight_decay=None.")
     return []
   _check_non_negative(where, "weight_decay", weight_decay)
-  return [optax.add_decayed_weights(weight_decay, mask)]
+  stage = optax.add_decayed_weights(weight_decay, mask)
+  if mask is None:
+    return [stage]
+
+  # The same stage, with the mask's structure checked first (a clear error).
+  def init_fn(params):
+    _mask_tree(where, mask, params)
+    return stage.init(params)
+
+  def update_fn(updates, state, params=None):
+    _mask_tree(where, mask, updates)
+    return stage.update(updates, state, params)
+
+  return [optax.GradientTransformation(init_fn, update_fn)]
 
 
 def _momentum(momentum: Any,
@@ -936,7 +989,7 @@ def sgd_gaf(
     states = dict(zip(kinds, stage_states))
     if decay_stage and params is None:
       raise ValueError(f"{where}: weight_decay needs the params in update.")
-    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+    decays = (_mask_leaves(where, weight_decay_mask, updates) if decay_stage
               else [False] * len(jax.tree.leaves(updates)))
     treedef = jax.tree.structure(updates)
     g_leaves = [jnp.asarray(g) for g in jax.tree.leaves(updates)]
@@ -1104,7 +1157,7 @@ def adam_gaf(
     _check_leaves(where, "update", updates, {"alpha": a, "beta": b})
     if decay_stage and params is None:
       raise ValueError(f"{where}: weight_decay needs the params in update.")
-    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+    decays = (_mask_leaves(where, weight_decay_mask, updates) if decay_stage
               else [False] * len(jax.tree.leaves(updates)))
     flat_ok = all(_is_scalar(v) for v in (a, b, wd, b1, b2))
     step = optax.safe_increment(adam_state.count)
@@ -1134,32 +1187,38 @@ def adam_gaf(
       return mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 
     treedef = jax.tree.structure(updates)
-    g_leaves = jax.tree.leaves(updates)
-    p_leaves = (jax.tree.leaves(params) if params is not None
-                else [None] * len(g_leaves))
+    # jnp.asarray: Python-float leaves, as the other presets take them.
+    g_leaves = [jnp.asarray(g) for g in jax.tree.leaves(updates)]
+    p_leaves = ([jnp.asarray(p) for p in jax.tree.leaves(params)]
+                if params is not None else [None] * len(g_leaves))
     mus, nus = [], []
     for g, mu, nu, p, dec in zip(
         g_leaves, jax.tree.leaves(adam_state.mu),
         jax.tree.leaves(adam_state.nu), p_leaves, decays, strict=True):
-      leaves = [jnp.asarray(g), mu, nu] + ([p] if dec else [])
+      leaves = [g, mu, nu] + ([p] if dec else [])
       mu_new, nu_new = _on_flat_views(moments_of, leaves, enabled=flat_ok)
       mus.append(mu_new)
       nus.append(nu_new)
 
+    # A float16 leaf's direction is computed in float32 (its second moment
+    # is float32, see _moment_dtype) and only the result rounded to float16.
+    mus_d = [m.astype(jnp.float32) if _is_float16(g) else m
+             for m, g in zip(mus, g_leaves)]
     t = step.astype(jnp.result_type(float))
     if eps_before_bias_correction:
       bc1 = -jnp.expm1(t * jnp.log1p(-(1 - b1)))
       bc2 = -jnp.expm1(t * jnp.log1p(-(1 - b2)))
       step_size = jnp.sqrt(bc2) / bc1
       direction = [(step_size * (m / (jnp.sqrt(v) + eps))).astype(g.dtype)
-                   for m, v, g in zip(mus, nus, g_leaves)]
+                   for m, v, g in zip(mus_d, nus, g_leaves)]
     else:
       # optax.scale_by_adam's bias correction, with one square root and one
       # division per element (they run in the caller's update loop).
       inv_bc1 = 1 / (1 - b1**step)
       inv_sqrt_bc2 = jax.lax.rsqrt(1 - b2**step)
       direction = [((m * inv_bc1) / (jnp.sqrt(v) * inv_sqrt_bc2 + eps)
-                    ).astype(g.dtype) for m, v, g in zip(mus, nus, g_leaves)]
+                    ).astype(g.dtype)
+                   for m, v, g in zip(mus_d, nus, g_leaves)]
     new_updates, lr_state = stages[-1].update(
         jax.tree.unflatten(treedef, direction), lr_state)
     new_adam = optax.ScaleByAdamState(
@@ -1169,7 +1228,37 @@ def adam_gaf(
                          *[_advance(s) for s in decay_states], new_adam,
                          lr_state)
 
-  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
+  def init_fn(params):
+    *head, adam_state, lr_state = chain.init(params)
+    nu = jax.tree.map(lambda v: v.astype(_moment_dtype(v.dtype))
+                      if _is_float16(v) else v, adam_state.nu)
+    return (*head, adam_state._replace(nu=nu), lr_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _float16_in_float32(
+    inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``inner`` with its float16 leaves (state and arithmetic) in float32.
+
+  For a stage that keeps a second moment (see `_moment_dtype`): its float16
+  inputs are upcast, its outputs rounded back to float16. Other leaves pass
+  to ``inner`` as they are, so its result on them is unchanged bit for bit.
+  """
+
+  def up(x):
+    return jnp.asarray(x).astype(jnp.float32) if _is_float16(x) else x
+
+  def init_fn(params):
+    return inner.init(jax.tree.map(up, params))
+
+  def update_fn(updates, state, params=None):
+    out, state = inner.update(jax.tree.map(up, updates), state, params)
+    out = jax.tree.map(lambda o, u: o.astype(u.dtype) if _is_float16(u)
+                       else o, out, updates)
+    return out, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def rmsprop_gaf(
@@ -1234,7 +1323,8 @@ def rmsprop_gaf(
       # Two consumers (the moments): the fusible arctan.
       _gaf(alpha, beta, fn, fusible=True, where=where),
       *decay_stage,
-      optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False),
+      _float16_in_float32(
+          optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False)),
       *_momentum(momentum, nesterov=False),
       optax.scale_by_learning_rate(learning_rate),
   )
