@@ -30,7 +30,11 @@ accepted) or, for shapes and dtypes, in ``init`` and ``update`` (at trace
 time, no host sync). Schedules and traced values (``optax.inject_hyperparams``
 under jit) are not checked. Parameters and updates must have floating dtypes:
 complex or integer leaves raise a TypeError (leave them out with
-:func:`optax.masked`).
+:func:`optax.masked`); Python floats are taken as float32 leaves. A
+``weight_decay_mask`` whose tree structure is neither the parameters' nor a
+prefix of it is a ValueError naming it and both structures. float16
+parameters work in :func:`adam_gaf` and :func:`rmsprop_gaf` (their second
+moment is kept in float32).
 
 Sharding: every transformation keeps each parameter's sharding for its
 state and its update (FSDP included, on auto and explicit-axes meshes): the
@@ -1093,6 +1097,17 @@ def adam_gaf(
   differ only where ``|gaf(g)|`` is not much larger than ``eps`` (below 1e-3
   relative in our reference test once ``|g| >= 1e-3``).
 
+  float16 parameters, by our design: the second moment of a float16 leaf is
+  kept in float32 and the update computed in float32, then rounded to
+  float16. In float16, ``(1 - b2) * d**2`` underflows to 0 for ``|d| <
+  8e-3`` (and ``eps=1e-8`` is 0), so ``optax.adam`` returns ``-inf`` there;
+  this costs 2 bytes of state more per float16 parameter. The first moment
+  stays in ``mu_dtype`` (the parameter's dtype by default, as in optax):
+  below about 6e-5 it is subnormal in float16 and loses precision, so pass
+  ``mu_dtype=jnp.float32`` for float16 parameters with small gradients.
+  Other dtypes (bfloat16 has float32's range) keep their own, and their
+  results are unchanged.
+
   Args:
     learning_rate: a non-negative finite float or an optax schedule.
     b1: decay of the first moment, in ``[0, 1)``.
@@ -1283,6 +1298,12 @@ def rmsprop_gaf(
   Our design: the official repository contains an RMSprop with a hard-coded
   ``0.7 * atan(0.7 * g)`` that its training scripts do not use; we expose the
   same placement (GAF first) and those values as defaults.
+
+  float16 parameters, by our design: the second moment ``v`` of a float16
+  leaf is kept in float32 and ``d / (sqrt(v) + eps)`` computed in float32,
+  then rounded to float16 (2 bytes of state more per float16 parameter). In
+  float16 ``v`` underflows to 0 for small gradients and ``optax.rmsprop``
+  returns ``inf``. Other dtypes keep their own.
 
   Args:
     learning_rate: a non-negative finite float or an optax schedule.
