@@ -45,7 +45,8 @@ def _nu(state):
   return nus[0]
 
 
-_F32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)  # noqa: E731
+def _F32(tree):  # noqa: N802
+  return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
 
 # The tolerance is float16's: the update is rounded to float16 (2**-11
