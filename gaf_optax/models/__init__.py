@@ -215,7 +215,12 @@ def get(name: str, **kwargs: Any) -> nn.Module:
     The (unbound) Flax module.
 
   Raises:
-    ValueError: for an unknown name; the message lists the known names.
+    ValueError: for an unknown name (the message lists the known names), an
+      argument the model does not take, or a value it does not accept (a
+      width of 0, ``features=None``): the message names the model, the
+      argument and what is accepted. The models check their arguments when
+      built (also when built directly, e.g. ``models.MLP(...)``), so the
+      NNX models of :func:`get_nnx` get the same checks.
   """
   try:
     constructor = _MODELS[name]
@@ -228,7 +233,10 @@ def get(name: str, **kwargs: Any) -> nn.Module:
     raise ValueError(
         f"Unknown argument(s) {', '.join(map(repr, unknown))} for model "
         f"{name!r}; it accepts: {', '.join(sorted(accepted))}.")
-  return constructor(**kwargs)
+  try:
+    return constructor(**kwargs)
+  except ValueError as e:  # the model's own check (see _common.check_fields)
+    raise ValueError(f"Model {name!r}: {e}") from None
 
 
 def get_nnx(name: str, *, input_shape: Sequence[int], rngs: nnx.Rngs,

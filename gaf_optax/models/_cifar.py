@@ -11,6 +11,7 @@ option-A (zero-padding) shortcuts, as in akamaster's pytorch_resnet_cifar10.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +21,12 @@ import jax.numpy as jnp
 
 from gaf_optax.models._common import Activation
 from gaf_optax.models._common import amplification_points
+from gaf_optax.models._common import POSITIVE_INT
 from gaf_optax.models._common import batch_norm
+from gaf_optax.models._common import check_fields
 from gaf_optax.models._common import check_sync
+from gaf_optax.models._common import number_in
+from gaf_optax.models._common import positive_ints
 from gaf_optax.models._common import conv
 from gaf_optax.models._common import dense
 from gaf_optax.models._common import make_activation
@@ -52,6 +57,20 @@ __all__ = [
 ]
 
 Dtype = Any
+
+
+def _vgg_config_ok(config: Any) -> bool:
+  return (isinstance(config, Sequence) and not isinstance(config, str)
+          and len(config) > 0
+          and all(c == "M" or POSITIVE_INT[0](c) for c in config))
+
+
+def _mobilenet_config_ok(config: Any) -> bool:
+  return (isinstance(config, Sequence) and not isinstance(config, str)
+          and len(config) > 0
+          and all(positive_ints("")[0](stage) and len(stage) == 4
+                  for stage in config))
+
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                              block_cls=BasicBlock)
@@ -112,6 +131,12 @@ class VGG(nn.Module):
   param_dtype: Dtype = jnp.float32
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
+
+  def __post_init__(self):
+    check_fields(self, {"config": (
+        _vgg_config_ok, 'a non-empty tuple of positive ints (conv widths) '
+        'and "M" (max-pools)')})
+    super().__post_init__()
 
   @property
   def num_amplification_points(self) -> int:
@@ -223,6 +248,15 @@ class DenseNet(nn.Module):
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
 
+  def __post_init__(self):
+    check_fields(self, {
+        "block_sizes": positive_ints("dense layers per block",
+                                     nonempty=True),
+        "growth_rate": POSITIVE_INT,
+        "reduction": number_in(0, 1, low_open=True, high_open=False),
+    })
+    super().__post_init__()
+
   @property
   def num_amplification_points(self) -> int:
     """Length of the ``amp_factors`` array this model takes."""
@@ -249,8 +283,13 @@ class DenseNet(nn.Module):
       if self.amplify_activations:
         x = amp(x)
       if i + 1 < len(self.block_sizes):  # transition
-        x = conv(int(x.shape[-1] * self.reduction), 1,
-                 name=f"transition{i + 1}_conv", **kw)(x)
+        width = int(x.shape[-1] * self.reduction)
+        if width < 1:
+          raise ValueError(
+              f"DenseNet.reduction={self.reduction!r} leaves transition "
+              f"{i + 1} no channel (floor({x.shape[-1]} * reduction) = 0); "
+              "raise it.")
+        x = conv(width, 1, name=f"transition{i + 1}_conv", **kw)(x)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     amp.check_used_all()
     x = jnp.mean(x, axis=(1, 2))
@@ -345,6 +384,16 @@ class MobileNetV2(nn.Module):
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
 
+  def __post_init__(self):
+    check_fields(self, {
+        "config": (_mobilenet_config_ok,
+                   "a non-empty tuple of (expansion, width, blocks, stride) "
+                   "tuples of positive ints"),
+        "stem_width": POSITIVE_INT,
+        "head_width": POSITIVE_INT,
+    })
+    super().__post_init__()
+
   @property
   def num_amplification_points(self) -> int:
     """Length of the ``amp_factors`` array this model takes."""
@@ -421,6 +470,13 @@ class LeNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
+
+  def __post_init__(self):
+    check_fields(self, {
+        "features": positive_ints("channels, one 5x5 conv each"),
+        "hidden": positive_ints("widths, one hidden Dense layer each"),
+    })
+    super().__post_init__()
 
   @property
   def num_amplification_points(self) -> int:
@@ -508,6 +564,16 @@ class MLP(nn.Module):
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
 
+  def __post_init__(self):
+    check_fields(self, {
+        "features": positive_ints("hidden widths, one Dense layer each"),
+        "dropout_rate": number_in(0, 1, low_open=False, high_open=True),
+        "init_scale": (lambda v: number_in(0, math.inf, low_open=True,
+                                           high_open=True)[0](v),
+                       "positive and finite"),
+    })
+    super().__post_init__()
+
   @property
   def num_amplification_points(self) -> int:
     """Length of the ``amp_factors`` array this model takes."""
@@ -524,12 +590,7 @@ class MLP(nn.Module):
     act = make_activation(self.act, train, **sync)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
               init_scale=self.init_scale)
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(
-          f"dropout_rate must be in [0, 1); got {self.dropout_rate!r}.")
-    if not self.init_scale > 0:
-      raise ValueError(
-          f"init_scale must be positive; got {self.init_scale!r}.")
+    # dropout_rate and init_scale are checked in __post_init__.
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.features):
       x = act(amp(dense(width, name=f"fc{i + 1}", **kw)(x)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ __all__ = [
     "Activation",
     "amplification_points",
     "batch_norm",
+    "check_fields",
     "check_sync",
     "conv",
     "dense",
@@ -89,6 +92,102 @@ def make_activation(act: Activation, train: bool, *,
     raise ValueError(f"act must be a function or an nn.Module class; got "
                      f"{act!r}.")
   return act
+
+
+# --------------------------------------------------------------------------
+# Argument checks by value, shared by every reference model (Linen, and NNX
+# through `get_nnx`): each model's `__post_init__` calls `check_fields`, so a
+# bad width fails when the model is built, naming the model and the field,
+# not deep in Flax or XLA (or, for a width of 0, not at all: a zero-width
+# layer trains silently with a constant loss).
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_positive_int(x: Any) -> bool:
+  return _is_int(x) and x >= 1
+
+
+def _is_sequence(x: Any) -> bool:
+  return isinstance(x, Sequence) and not isinstance(x, str)
+
+
+POSITIVE_INT: Rule = (_is_positive_int, "a positive int")
+OPTIONAL_POSITIVE_INT: Rule = (lambda x: x is None or _is_positive_int(x),
+                               "None or a positive int")
+BOOL: Rule = (lambda x: isinstance(x, bool), "a bool")
+ACTIVATION: Rule = (callable, "a function or an nn.Module class")
+
+
+def positive_ints(what: str, *, nonempty: bool = False) -> Rule:
+  """A tuple (or list) of positive ints, e.g. layer widths."""
+  def ok(x):
+    return (_is_sequence(x) and (len(x) > 0 or not nonempty)
+            and all(_is_positive_int(v) for v in x))
+  some = "a non-empty" if nonempty else "a"
+  return ok, f"{some} tuple of positive ints ({what})"
+
+
+def number_in(low: float, high: float, *, low_open: bool, high_open: bool
+              ) -> Rule:
+  """A finite real number in the interval."""
+  def ok(x):
+    return (_is_number(x) and math.isfinite(x)
+            and (x > low if low_open else x >= low)
+            and (x < high if high_open else x <= high))
+  interval = (f"{'(' if low_open else '['}{low:g}, "
+              f"{high:g}{')' if high_open else ']'}")
+  return ok, f"in {interval}"
+
+
+def one_of(*choices: Any) -> Rule:
+  return (lambda x: x in choices,
+          "one of " + ", ".join(repr(c) for c in choices))
+
+
+# Fields every reference model has.
+COMMON_RULES: dict[str, Rule] = {
+    "num_classes": POSITIVE_INT,
+    "act": ACTIVATION,
+    "amplify_activations": BOOL,
+}
+
+
+def check_fields(model: Any, rules: dict[str, Rule]) -> None:
+  """Checks a model's fields by value, with :data:`COMMON_RULES` first.
+
+  Args:
+    model: a reference model (its dataclass fields are read).
+    rules: field name -> ``(predicate, what is accepted)``.
+
+  Raises:
+    ValueError: for the first field whose value is not accepted, e.g.
+      ``MLP.features must be a tuple of positive ints (hidden widths); got
+      (0,).`` (a wrong type too: one error class for every bad value).
+
+  Example:
+    >>> from gaf_optax import models
+    >>> models.MLP(features=(64, 0))
+    Traceback (most recent call last):
+      ...
+    ValueError: MLP.features must be a tuple of positive ints (hidden
+    widths, one Dense layer each); got (64, 0).
+  """
+  for name, (ok, accepted) in {**COMMON_RULES, **rules}.items():
+    if not hasattr(model, name):
+      continue
+    value = getattr(model, name)
+    if not ok(value):
+      raise ValueError(f"{type(model).__name__}.{name} must be {accepted}; "
+                       f"got {value!r}.")
 
 
 def check_sync(model: Any) -> None:

@@ -29,8 +29,12 @@ import jax.numpy as jnp
 
 from gaf_optax.models._common import Activation
 from gaf_optax.models._common import amplification_points
+from gaf_optax.models._common import OPTIONAL_POSITIVE_INT
 from gaf_optax.models._common import batch_norm
+from gaf_optax.models._common import check_fields
 from gaf_optax.models._common import check_sync
+from gaf_optax.models._common import one_of
+from gaf_optax.models._common import positive_ints
 from gaf_optax.models._common import conv
 from gaf_optax.models._common import dense
 from gaf_optax.models._common import make_activation
@@ -277,6 +281,23 @@ class ResNet(nn.Module):
   axis_name: str | tuple[str, ...] | None = None
   axis_index_groups: Any = None
 
+  def __post_init__(self):
+    check_fields(self, {
+        "stage_sizes": positive_ints("blocks per stage", nonempty=True),
+        "block_cls": (lambda c: isinstance(c, type) and issubclass(c, _Block),
+                      "BasicBlock, Bottleneck, PreActBlock or another "
+                      "block class of gaf_optax.models"),
+        "widths": positive_ints("channels per stage", nonempty=True),
+        "stem": one_of(*_STEMS),
+        "shortcut": one_of(*_SHORTCUTS),
+        "se_reduction": OPTIONAL_POSITIVE_INT,
+    })
+    if len(self.widths) != len(self.stage_sizes):
+      raise ValueError(f"ResNet.widths {tuple(self.widths)} and stage_sizes "
+                       f"{tuple(self.stage_sizes)} differ in length; give "
+                       "one width per stage.")
+    super().__post_init__()
+
   @property
   def num_amplification_points(self) -> int:
     """Length of the ``amp_factors`` array this model takes."""
@@ -290,15 +311,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = True,
                amp_factors: jax.Array | None = None) -> jax.Array:
-    check_sync(self)
-    if self.stem not in _STEMS:
-      raise ValueError(f"stem must be one of {_STEMS}; got {self.stem!r}.")
-    if self.shortcut not in _SHORTCUTS:
-      raise ValueError(f"shortcut must be one of {_SHORTCUTS}; got "
-                       f"{self.shortcut!r}.")
-    if len(self.widths) != len(self.stage_sizes):
-      raise ValueError(f"widths {self.widths} and stage_sizes "
-                       f"{self.stage_sizes} differ in length.")
+    check_sync(self)  # the other fields are checked in __post_init__
     amp = amplification_points(amp_factors,
                                self.num_amplification_points)
     sync = dict(axis_name=self.axis_name,

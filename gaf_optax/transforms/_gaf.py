@@ -30,7 +30,11 @@ accepted) or, for shapes and dtypes, in ``init`` and ``update`` (at trace
 time, no host sync). Schedules and traced values (``optax.inject_hyperparams``
 under jit) are not checked. Parameters and updates must have floating dtypes:
 complex or integer leaves raise a TypeError (leave them out with
-:func:`optax.masked`).
+:func:`optax.masked`); Python floats are taken as float32 leaves. A
+``weight_decay_mask`` whose tree structure is neither the parameters' nor a
+prefix of it is a ValueError naming it and both structures. float16
+parameters work in :func:`adam_gaf` and :func:`rmsprop_gaf` (their second
+moment is kept in float32).
 
 Sharding: every transformation keeps each parameter's sharding for its
 state and its update (FSDP included, on auto and explicit-axes meshes): the
@@ -518,14 +522,54 @@ def _is_scalar(value: Any) -> bool:
   return callable(value) or np.ndim(value) == 0
 
 
-def _mask_leaves(mask: MaskOrFn, updates: Any) -> list[bool]:
+def _brief_structure(tree: Any, limit: int = 160) -> str:
+  text = str(jax.tree.structure(tree))
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _mask_tree(where: str, mask: MaskOrFn, tree: Any) -> Any:
+  """The mask as a tree (a callable is called), checked against `tree`.
+
+  As in optax, the mask's structure must be the tree's or a prefix of it;
+  otherwise a ValueError names ``weight_decay_mask`` and shows both
+  structures (optax's own error names neither).
+  """
+  mask_tree = mask(tree) if callable(mask) else mask
+  try:
+    jax.tree.map(lambda m, sub: None, mask_tree, tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{where}: weight_decay_mask must have the parameters' tree "
+        "structure (or a prefix of it), one bool per parameter; got a mask "
+        f"of structure {_brief_structure(mask_tree)} for parameters of "
+        f"structure {_brief_structure(tree)}.") from e
+  return mask_tree
+
+
+def _mask_leaves(where: str, mask: MaskOrFn, updates: Any) -> list[bool]:
   """optax.masked's reading of a mask: one bool per leaf of `updates`."""
   if mask is None:
     return [True] * len(jax.tree.leaves(updates))
-  tree = mask(updates) if callable(mask) else mask
+  tree = _mask_tree(where, mask, updates)
   full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
                       tree, updates)
   return [bool(m) for m in jax.tree.leaves(full)]
+
+
+def _is_float16(x: Any) -> bool:
+  return getattr(x, "dtype", None) == jnp.float16
+
+
+def _moment_dtype(dtype: Any) -> Any:
+  """The dtype a second moment (a running mean of squares) is kept in.
+
+  float32 for float16 leaves: float16 cannot hold a squared gradient below
+  about 6e-8 (``(1 - b2) * d**2`` of a ``|d| < 8e-3`` underflows to 0 at
+  ``b2 = 0.999``), so ``m / (sqrt(v) + eps)`` would divide by 0 (eps 1e-8
+  is 0 in float16 too). Every other dtype keeps its own (bfloat16 has
+  float32's range).
+  """
+  return jnp.float32 if dtype == jnp.float16 else dtype
 
 
 def _advance(stage_state: Any) -> Any:
@@ -766,7 +810,20 @@ def _decay(where: str, weight_decay: Any,
                        "weight_decay=None.")
     return []
   _check_non_negative(where, "weight_decay", weight_decay)
-  return [optax.add_decayed_weights(weight_decay, mask)]
+  stage = optax.add_decayed_weights(weight_decay, mask)
+  if mask is None:
+    return [stage]
+
+  # The same stage, with the mask's structure checked first (a clear error).
+  def init_fn(params):
+    _mask_tree(where, mask, params)
+    return stage.init(params)
+
+  def update_fn(updates, state, params=None):
+    _mask_tree(where, mask, updates)
+    return stage.update(updates, state, params)
+
+  return [optax.GradientTransformation(init_fn, update_fn)]
 
 
 def _momentum(momentum: Any,
@@ -936,7 +993,7 @@ def sgd_gaf(
     states = dict(zip(kinds, stage_states))
     if decay_stage and params is None:
       raise ValueError(f"{where}: weight_decay needs the params in update.")
-    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+    decays = (_mask_leaves(where, weight_decay_mask, updates) if decay_stage
               else [False] * len(jax.tree.leaves(updates)))
     treedef = jax.tree.structure(updates)
     g_leaves = [jnp.asarray(g) for g in jax.tree.leaves(updates)]
@@ -1040,6 +1097,17 @@ def adam_gaf(
   differ only where ``|gaf(g)|`` is not much larger than ``eps`` (below 1e-3
   relative in our reference test once ``|g| >= 1e-3``).
 
+  float16 parameters, by our design: the second moment of a float16 leaf is
+  kept in float32 and the update computed in float32, then rounded to
+  float16. In float16, ``(1 - b2) * d**2`` underflows to 0 for ``|d| <
+  8e-3`` (and ``eps=1e-8`` is 0), so ``optax.adam`` returns ``-inf`` there;
+  this costs 2 bytes of state more per float16 parameter. The first moment
+  stays in ``mu_dtype`` (the parameter's dtype by default, as in optax):
+  below about 6e-5 it is subnormal in float16 and loses precision, so pass
+  ``mu_dtype=jnp.float32`` for float16 parameters with small gradients.
+  Other dtypes (bfloat16 has float32's range) keep their own, and their
+  results are unchanged.
+
   Args:
     learning_rate: a non-negative finite float or an optax schedule.
     b1: decay of the first moment, in ``[0, 1)``.
@@ -1104,7 +1172,7 @@ def adam_gaf(
     _check_leaves(where, "update", updates, {"alpha": a, "beta": b})
     if decay_stage and params is None:
       raise ValueError(f"{where}: weight_decay needs the params in update.")
-    decays = (_mask_leaves(weight_decay_mask, updates) if decay_stage
+    decays = (_mask_leaves(where, weight_decay_mask, updates) if decay_stage
               else [False] * len(jax.tree.leaves(updates)))
     flat_ok = all(_is_scalar(v) for v in (a, b, wd, b1, b2))
     step = optax.safe_increment(adam_state.count)
@@ -1134,32 +1202,38 @@ def adam_gaf(
       return mu_new.astype(mu.dtype), nu_new.astype(nu.dtype)
 
     treedef = jax.tree.structure(updates)
-    g_leaves = jax.tree.leaves(updates)
-    p_leaves = (jax.tree.leaves(params) if params is not None
-                else [None] * len(g_leaves))
+    # jnp.asarray: Python-float leaves, as the other presets take them.
+    g_leaves = [jnp.asarray(g) for g in jax.tree.leaves(updates)]
+    p_leaves = ([jnp.asarray(p) for p in jax.tree.leaves(params)]
+                if params is not None else [None] * len(g_leaves))
     mus, nus = [], []
     for g, mu, nu, p, dec in zip(
         g_leaves, jax.tree.leaves(adam_state.mu),
         jax.tree.leaves(adam_state.nu), p_leaves, decays, strict=True):
-      leaves = [jnp.asarray(g), mu, nu] + ([p] if dec else [])
+      leaves = [g, mu, nu] + ([p] if dec else [])
       mu_new, nu_new = _on_flat_views(moments_of, leaves, enabled=flat_ok)
       mus.append(mu_new)
       nus.append(nu_new)
 
+    # A float16 leaf's direction is computed in float32 (its second moment
+    # is float32, see _moment_dtype) and only the result rounded to float16.
+    mus_d = [m.astype(jnp.float32) if _is_float16(g) else m
+             for m, g in zip(mus, g_leaves)]
     t = step.astype(jnp.result_type(float))
     if eps_before_bias_correction:
       bc1 = -jnp.expm1(t * jnp.log1p(-(1 - b1)))
       bc2 = -jnp.expm1(t * jnp.log1p(-(1 - b2)))
       step_size = jnp.sqrt(bc2) / bc1
       direction = [(step_size * (m / (jnp.sqrt(v) + eps))).astype(g.dtype)
-                   for m, v, g in zip(mus, nus, g_leaves)]
+                   for m, v, g in zip(mus_d, nus, g_leaves)]
     else:
       # optax.scale_by_adam's bias correction, with one square root and one
       # division per element (they run in the caller's update loop).
       inv_bc1 = 1 / (1 - b1**step)
       inv_sqrt_bc2 = jax.lax.rsqrt(1 - b2**step)
       direction = [((m * inv_bc1) / (jnp.sqrt(v) * inv_sqrt_bc2 + eps)
-                    ).astype(g.dtype) for m, v, g in zip(mus, nus, g_leaves)]
+                    ).astype(g.dtype)
+                   for m, v, g in zip(mus_d, nus, g_leaves)]
     new_updates, lr_state = stages[-1].update(
         jax.tree.unflatten(treedef, direction), lr_state)
     new_adam = optax.ScaleByAdamState(
@@ -1169,7 +1243,37 @@ def adam_gaf(
                          *[_advance(s) for s in decay_states], new_adam,
                          lr_state)
 
-  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
+  def init_fn(params):
+    *head, adam_state, lr_state = chain.init(params)
+    nu = jax.tree.map(lambda v: v.astype(_moment_dtype(v.dtype))
+                      if _is_float16(v) else v, adam_state.nu)
+    return (*head, adam_state._replace(nu=nu), lr_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _float16_in_float32(
+    inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``inner`` with its float16 leaves (state and arithmetic) in float32.
+
+  For a stage that keeps a second moment (see `_moment_dtype`): its float16
+  inputs are upcast, its outputs rounded back to float16. Other leaves pass
+  to ``inner`` as they are, so its result on them is unchanged bit for bit.
+  """
+
+  def up(x):
+    return jnp.asarray(x).astype(jnp.float32) if _is_float16(x) else x
+
+  def init_fn(params):
+    return inner.init(jax.tree.map(up, params))
+
+  def update_fn(updates, state, params=None):
+    out, state = inner.update(jax.tree.map(up, updates), state, params)
+    out = jax.tree.map(lambda o, u: o.astype(u.dtype) if _is_float16(u)
+                       else o, out, updates)
+    return out, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def rmsprop_gaf(
@@ -1194,6 +1298,12 @@ def rmsprop_gaf(
   Our design: the official repository contains an RMSprop with a hard-coded
   ``0.7 * atan(0.7 * g)`` that its training scripts do not use; we expose the
   same placement (GAF first) and those values as defaults.
+
+  float16 parameters, by our design: the second moment ``v`` of a float16
+  leaf is kept in float32 and ``d / (sqrt(v) + eps)`` computed in float32,
+  then rounded to float16 (2 bytes of state more per float16 parameter). In
+  float16 ``v`` underflows to 0 for small gradients and ``optax.rmsprop``
+  returns ``inf``. Other dtypes keep their own.
 
   Args:
     learning_rate: a non-negative finite float or an optax schedule.
@@ -1234,7 +1344,8 @@ def rmsprop_gaf(
       # Two consumers (the moments): the fusible arctan.
       _gaf(alpha, beta, fn, fusible=True, where=where),
       *decay_stage,
-      optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False),
+      _float16_in_float32(
+          optax.scale_by_rms(decay=decay, eps=eps, eps_in_sqrt=False)),
       *_momentum(momentum, nesterov=False),
       optax.scale_by_learning_rate(learning_rate),
   )
