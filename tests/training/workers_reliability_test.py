@@ -182,17 +182,25 @@ def test_sigterm_to_the_group_during_evaluation_stops_with_a_checkpoint(
     tmp_path):
   p = _start(tmp_path, """
       class Slow(training.Trainer):
-        def evaluate(self, state=None):
-          print(f"evaluating {int(self.state.step)}", flush=True)
-          time.sleep(1)  # the signal lands with every worker alive
-          return super().evaluate(state)
+        def __init__(self, *args, **kwargs):
+          super().__init__(*args, **kwargs)
+          step, self.seen = self._eval_step, 0
+
+          def slow(state, batch):
+            self.seen += 1
+            if self.seen == 17:  # epoch 2's second batch of 15
+              print(f"evaluating {int(self.state.step)}", flush=True)
+              time.sleep(1)  # the signal lands while the workers read
+            return step(state, batch)
+          self._eval_step = slow
 
       if __name__ == "__main__":
-        fit(trainer(Slow, num_epochs=3, data_workers=2), sys.argv[1])
+        fit(trainer(Slow, num_epochs=3, data_workers=2, eval_batch_size=32),
+            sys.argv[1])
   """)
   deadline = time.monotonic() + TIMEOUT
   try:
-    lines = _until(p, "evaluating 42", deadline)  # epoch 2: eval workers up
+    lines = _until(p, "evaluating 42", deadline)
     os.killpg(p.pid, signal.SIGTERM)
     code, out = _finish(p, deadline)
   finally:
