@@ -184,6 +184,8 @@ _GUARD_HELP = (
 
 
 def _is_main_test(test: ast.AST) -> bool:
+  if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+    return any(map(_is_main_test, test.values))
   if not isinstance(test, ast.Compare):
     return False
   sides = [test.left, *test.comparators]
@@ -195,7 +197,8 @@ def _is_main_test(test: ast.AST) -> bool:
 def _under_main_guard(tree: ast.AST, line: int) -> bool:
   """Whether ``line`` of a module lies inside ``if __name__ == "__main__":``."""
   return any(isinstance(n, ast.If) and _is_main_test(n.test) and
-             n.body[0].lineno <= line <= n.end_lineno for n in ast.walk(tree))
+             n.body[0].lineno <= line <= n.body[-1].end_lineno
+             for n in ast.walk(tree))
 
 
 def _check_main_guard() -> None:
