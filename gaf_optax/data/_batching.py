@@ -331,7 +331,11 @@ def batches(
       ahead of the training step (for lazy sources: image files, TFDS); 0
       reads in the calling thread. The output does not depend on it. The
       workers are spawned (not forked) and get a pickled copy of ``source``,
-      so in-memory sets gain nothing from them.
+      so in-memory sets gain nothing from them. Spawned workers import the
+      main module again: a script must start them under an ``if __name__
+      == "__main__":`` guard (else this raises a RuntimeError naming it).
+      They ignore SIGINT/SIGTERM (the caller stops them by closing the
+      iterator) and exit when their parent process dies.
     prefetch: batches each worker keeps ready.
 
   Yields:
