@@ -26,8 +26,11 @@ turns them into a non-zero exit status.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +91,10 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+# Seconds a stop signal waits for the loop to reach a step boundary.
+STOP_GRACE_SECONDS = 120.0
+
+
 class StopSignals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
@@ -97,14 +104,33 @@ class StopSignals:
   save. In a ``jax.distributed`` job it installs nothing: JAX's preemption
   service catches SIGTERM in each process and :meth:`should_stop` asks it,
   every step, whether all processes have reached the agreed step.
+
+  A signal also arms a watchdog: if the loop then makes no progress for
+  ``grace_seconds`` (no step ends and no evaluation batch arrives: a step,
+  or the input pipeline, that never ends), the watchdog says so on stderr
+  and ends the process with status ``128 + signum`` (``os._exit``: the hung
+  thread cannot run any cleanup; the last checkpoint on disk is what a
+  resume gets). A stop must end the process, or a scheduler's SIGTERM (and
+  ``timeout``'s) would be lost on a hung run. Progress, not total time, so
+  a long evaluation or a slow save after the signal is never cut short.
+  Two minutes by default: longer than a first compile of the models
+  here, and a bound on a hung run.
+
+  Args:
+    grace_seconds: the watchdog's wait; default :data:`STOP_GRACE_SECONDS`.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, grace_seconds: float | None = None):
     self.signum: int | None = None
     self._previous = {}
     self._multiprocess = jax.process_count() > 1
+    self._grace = (STOP_GRACE_SECONDS if grace_seconds is None
+                   else float(grace_seconds))
+    self._watchdog: threading.Thread | None = None
+    self._done = threading.Event()
+    self._last = 0.0
 
   def __enter__(self) -> "StopSignals":
     if (not self._multiprocess and
@@ -114,6 +140,7 @@ class StopSignals:
     return self
 
   def __exit__(self, *exc) -> None:
+    self._disarm()
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     self._previous = {}
@@ -123,6 +150,29 @@ class StopSignals:
     self.signum = signum
     # A second signal of this kind takes the previous (default) action.
     signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+    self.beat()
+    if self._watchdog is None:
+      self._watchdog = threading.Thread(target=self._watch, args=(signum,),
+                                        daemon=True, name="gaf-optax-stop")
+      self._watchdog.start()
+
+  def beat(self) -> None:
+    """Notes progress (a step or an evaluation batch) for the watchdog."""
+    self._last = time.monotonic()
+
+  def _watch(self, signum: int) -> None:
+    while not self._done.wait(min(1.0, self._grace / 4)):
+      if time.monotonic() - self._last > self._grace:
+        sys.stderr.write(
+            f"gaf_optax: {signal.Signals(signum).name} arrived, but the run "
+            f"made no progress for {self._grace:g} s (a step or the input "
+            "pipeline is stuck); exiting without saving, status "
+            f"{128 + signum}.\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)  # pylint: disable=protected-access
+
+  def _disarm(self) -> None:
+    self._done.set()
 
   def should_stop(self, step: int) -> bool:
     """Whether to save and stop after ``step`` (call it at every step)."""
@@ -132,7 +182,10 @@ class StopSignals:
         return bool(multihost_utils.reached_preemption_sync_point(step))
       except RuntimeError:  # the preemption service is off
         return False
-    return self.signum is not None
+    if self.signum is not None:
+      self._disarm()  # a step boundary: the stop path takes over
+      return True
+    return False
 
 
 def health(state) -> dict[str, int]:

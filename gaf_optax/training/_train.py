@@ -44,6 +44,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gaf_optax import data as data_lib
+from gaf_optax.data import _batching
 from gaf_optax.training import _build
 from gaf_optax.training import _guard
 from gaf_optax.training import _lock
@@ -542,11 +543,21 @@ class Trainer:
     """Test loss and accuracy of ``state`` (default: the current one)."""
     state = self.state if state is None else state
     totals = None
-    for batch in data_lib.batches(
-        self.dataset.test, self.eval_batch_size, seed=0, epoch=0,
-        shuffle=False, drop_remainder=False,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(), num_workers=self.data_workers):
+    # Inside fit() with data_workers: one pass of the fit's evaluation
+    # stream, whose workers are started once per fit.
+    passes = getattr(self, "_eval_passes", None)
+    if passes is not None:
+      stream = itertools.islice(passes[1], passes[0])
+    else:
+      stream = data_lib.batches(
+          self.dataset.test, self.eval_batch_size, seed=0, epoch=0,
+          shuffle=False, drop_remainder=False,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(), num_workers=self.data_workers)
+    beat = getattr(self, "_beat", None)
+    for batch in stream:
+      if beat is not None:
+        beat()  # progress, for the stop watchdog
       out = self._eval_step(state, self._global(batch))
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
@@ -815,7 +826,14 @@ class Trainer:
       stream = self.train_batches(*divmod(step, spe),
                                   num_epochs=max(self.num_epochs - step // spe,
                                                  1))
+      if self.data_workers:  # as many passes as evaluate() asks for
+        self._eval_passes = _batching.evaluation_passes(
+            self.dataset.test, self.eval_batch_size, passes=1 << 40,
+            num_workers=self.data_workers,
+            process_index=jax.process_index(),
+            process_count=jax.process_count())
       with _guard.StopSignals() as signals:
+        self._beat = signals.beat
         while step < stop:
           epoch, start_batch = divmod(step, spe)
           bar = _progress(spe, f"epoch {epoch + 1}/{self.num_epochs}", show)
@@ -882,8 +900,11 @@ class Trainer:
       # The data workers, then the writers, the checkpoints (a failed save
       # raises its CheckpointWriteError here) and the workdir's lock.
       with cleanup:
-        if hasattr(stream, "close"):
-          stream.close()  # stops data workers
+        self._beat = None
+        passes, self._eval_passes = getattr(self, "_eval_passes", None), None
+        for it in (stream, passes and passes[1]):
+          if hasattr(it, "close"):
+            it.close()  # stops data workers
     last = records[-1] if records else {}
     return {
         "records": records,

@@ -111,3 +111,22 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="process_index"):
     next(data.batches(_source(), 4, seed=0, epoch=0, process_index=2,
                       process_count=2))
+
+
+def test_the_main_guard_check_reads_the_script_as_python_does():
+  import ast  # pylint: disable=g-import-not-at-top
+  from gaf_optax.data import _batching  # pylint: disable=g-import-not-at-top
+  tree = ast.parse(
+      "import x\n"                                    # 1
+      "fit()\n"                                       # 2
+      "if __name__ == '__main__' and x.ok:\n"         # 3
+      "  a = 1\n"                                     # 4
+      "  fit()\n"                                     # 5
+      "if '__main__' == __name__:\n"                  # 6
+      "  fit()\n"                                     # 7
+      "else:\n"                                       # 8
+      "  fit()\n"                                     # 9
+      "if __name__ == 'other':\n"                     # 10
+      "  fit()\n")                                    # 11
+  assert [line for line in range(1, 12)
+          if _batching._under_main_guard(tree, line)] == [4, 5, 7]
