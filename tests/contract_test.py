@@ -597,3 +597,23 @@ def test_state_types_are_stable_under_an_explicit_sharding_mesh(name):
     assert jax.tree.map(jax.typeof, state2) == types0
     assert jax.tree.map(jax.typeof, updates) == jax.tree.map(jax.typeof,
                                                              params)
+
+
+@pytest.mark.parametrize("name", ["sgd_gaf", "adam_gaf", "rmsprop_gaf",
+                                  "gaf", "adaptive_gaf",
+                                  "gradient_amplification"])
+def test_schedule_arguments_are_annotated_as_optax_sees_them(name):
+  # optax's own tests find the arguments that take a schedule by comparing
+  # inspect.signature's annotations with optax.ScalarOrSchedule: string
+  # annotations (from __future__ import annotations) would hide them.
+  import inspect  # pylint: disable=g-import-not-at-top
+  fn = getattr(gaf_optax, name)
+  annotated = [p.name for p in inspect.signature(fn).parameters.values()
+               if p.annotation == optax.ScalarOrSchedule]
+  expected = {"sgd_gaf": ["learning_rate", "alpha", "beta"],
+              "adam_gaf": ["learning_rate", "alpha", "beta"],
+              "rmsprop_gaf": ["learning_rate", "alpha", "beta"]}
+  if name in expected:
+    assert set(expected[name]) <= set(annotated), annotated
+  for p in inspect.signature(fn).parameters.values():
+    assert not isinstance(p.annotation, str), (name, p.name, p.annotation)

@@ -37,7 +37,6 @@ for the layers below, and Adam cancels constant gradient scales. A fair
 comparison includes SGD at the matching larger learning rate.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple

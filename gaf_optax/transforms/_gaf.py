@@ -52,7 +52,6 @@ around the bare transformation skips such steps, and
 step, or rides out a few with its ``skip_nonfinite_steps`` argument.
 """
 
-from __future__ import annotations
 
 import math
 from collections.abc import Callable
