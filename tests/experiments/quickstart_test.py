@@ -26,6 +26,12 @@ def test_quickstart_reduced_mode_writes_a_finite_table(tmp_path, capsys):
   assert saved["arms"]["sgd"]["runs"][0]["final_test_accuracy"] == (
       results["arms"]["sgd"]["runs"][0]["final_test_accuracy"])
   assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+  # results.md, the file the docs quote: the command and the printed table.
+  md = open(os.path.join(out, "results.md")).read()
+  assert (f"Command: `python -m experiments.quickstart --epochs 1 --seeds 1 "
+          f"--out {out} --num_devices 1`") in md, md
+  sgd = results["arms"]["sgd"]["runs"][0]
+  assert f"| sgd | {100 * sgd['final_test_accuracy']:.2f} +- 0.00 |" in md, md
 
 
 def test_every_arm_names_existing_fields_and_a_typo_is_an_error():
