@@ -51,22 +51,35 @@ def did_you_mean(name: str, known: Sequence[str]) -> str:
   return f"; did you mean {close[0]}?" if close else ""
 
 
+def _library_errors() -> tuple[tuple, tuple, tuple]:
+  """gaf_optax's stop, divergence and bad-input errors, if it imports.
+
+  Imported here: ``--help`` and the commands that never train stay fast, and
+  one that runs before its dependencies are installed (``accelerator.py``)
+  still reports its own errors.
+  """
+  try:
+    from gaf_optax import data  # pylint: disable=import-outside-toplevel
+    from gaf_optax import training  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return (), (), ()
+  return ((training.Preempted,), (training.NonFiniteError,),
+          (training.WorkdirLocked, data.TfdsNotPreparedError))
+
+
 def exit_code(e: BaseException) -> int | None:
   """The exit status of a user error (see the module docstring), or None.
 
   None: ``e`` is not a user error (a bug), and keeps its traceback.
   """
-  # Imported here: --help and the benchmarks that never train stay fast.
-  from gaf_optax import data  # pylint: disable=import-outside-toplevel
-  from gaf_optax import training  # pylint: disable=import-outside-toplevel
+  preempted, diverged, bad_input = _library_errors()
   if isinstance(e, KeyboardInterrupt):
     return 130
-  if isinstance(e, training.Preempted):
+  if isinstance(e, preempted):
     return 128 + (e.signum or 15)
-  if isinstance(e, training.NonFiniteError):
+  if isinstance(e, diverged):
     return EXIT_DIVERGED
-  if isinstance(e, (training.WorkdirLocked, data.TfdsNotPreparedError,
-                    ValueError, TypeError, FileNotFoundError)):
+  if isinstance(e, (*bad_input, ValueError, TypeError, FileNotFoundError)):
     return EXIT_BAD_INPUT
   if isinstance(e, OSError):  # CheckpointWriteError among them
     return EXIT_IO
@@ -76,10 +89,9 @@ def exit_code(e: BaseException) -> int | None:
 def message(e: BaseException) -> str:
   """What a user error prints: ``Type: message`` (a stop signal: the
   message alone)."""
-  from gaf_optax import training  # pylint: disable=import-outside-toplevel
   if isinstance(e, KeyboardInterrupt):
     return "interrupted"
-  if isinstance(e, training.Preempted):
+  if isinstance(e, _library_errors()[0]):
     return str(e)
   return f"{type(e).__name__}: {e}"
 
@@ -127,7 +139,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     default = action.default
     if (action.option_strings and default not in (None, False)
         and default is not argparse.SUPPRESS
-        and "%(default)" not in (action.help or "")
+        and "default" not in (action.help or "")
         and action.help is not argparse.SUPPRESS):
       action = copy.copy(action)
       action.help = (f"{action.help} " if action.help else "") + (
