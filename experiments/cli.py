@@ -97,7 +97,7 @@ def message(e: BaseException) -> str:
 
 
 def fail(code: int, e: BaseException, *, show_traceback: bool = False):
-  """Prints ``e`` (one message; its traceback first if asked), exits ``code``."""
+  """Prints ``e`` (its traceback first if asked) and exits ``code``."""
   if show_traceback:
     traceback.print_exception(type(e), e, e.__traceback__)
   print(message(e), file=sys.stderr)

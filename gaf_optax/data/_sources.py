@@ -764,8 +764,9 @@ def unpack_archive(path: str, final: str) -> str:
 
   ``final`` is the second of :func:`cache_paths`: keyed like the
   decoded-image cache (the archive's path and bytes), so a changed archive
-  is unpacked again. It holds what the cached form reads (``train/`` and ``test/``,
-  each image at ``split/<class>/...``, class folders without images kept,
+  is unpacked again. It holds what the cached form reads (``train/`` and
+  ``test/``, each image at ``split/<class>/...``, class folders without
+  images kept,
   any top folder dropped); a member that occurs twice is kept as
   ``tar -x`` keeps it, the later one. It is written under a temporary name
   and renamed once the whole archive has been read and checked: a damaged
