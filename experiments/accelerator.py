@@ -82,7 +82,6 @@ from __future__ import annotations
 # decoding processes (spawned) import this module again. Everything else is
 # imported where it is used.
 # pylint: disable=import-outside-toplevel
-import argparse
 import concurrent.futures
 import copy
 import dataclasses
@@ -106,6 +105,8 @@ import tempfile
 import threading
 import time
 import traceback
+
+from experiments import cli
 
 
 def _process_start() -> float:
@@ -963,7 +964,7 @@ def _prior(bench: dict, spe: int, seeds: int, num_test: int,
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.parser(__doc__)
   p.add_argument("--out", required=True,
                  help="the output folder (e.g. $OUT); at most 5 files")
   p.add_argument("--budget-seconds", type=float, default=540.0,
@@ -1267,7 +1268,7 @@ def _random_params(model, image_shape):
 
 
 if __name__ == "__main__":
-  code = main()
+  code = cli.run(main)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)  # pylint: disable=protected-access

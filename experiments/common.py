@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import optax
 
+from experiments import cli
 from gaf_optax import data
 from gaf_optax import models
 from gaf_optax import training
@@ -99,11 +100,12 @@ def parser(doc: str, default_out: str, *, seeds: int = 3,
   """The arguments every study takes: ``--smoke``, ``--seeds``, ``--out``
   (and ``--data``/``--data_dir`` for the CIFAR studies, which have no
   default: the data are an argument)."""
-  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p = cli.parser(doc)
   p.add_argument("--smoke", action="store_true",
                  help="a tiny version in seconds (for tests)")
-  p.add_argument("--seeds", type=int, default=seeds)
-  p.add_argument("--out", default=default_out)
+  p.add_argument("--seeds", type=int, default=seeds, help="seeds per arm")
+  p.add_argument("--out", default=default_out,
+                 help="where results.md, results.json and plots go")
   if data_arg:
     p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--data_dir", default=None,

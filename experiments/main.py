@@ -1,4 +1,4 @@
-"""Trains a model with a config: the thin entry point.
+r"""Trains a model with a config: the thin entry point.
 
     python -m experiments.main --config=experiments/configs/digits_mlp.py \
         --workdir=/tmp/run [--config.optimizer=sgd_gaf ...]
@@ -10,12 +10,16 @@ lock file ``WORKDIR/lock`` and the run holding it; the lock is the kernel's
 (``flock``), so a run that crashed or was killed leaves none behind.
 
 Exit status (a scheduler can tell these apart; each failure prints one line
-to stderr, and ``--verbosity=0`` or higher also prints its traceback):
+to stderr, and ``--debug``, ``GAF_OPTAX_DEBUG=1`` or ``--verbosity=0`` or
+higher also prints its traceback; ``experiments/cli.py`` holds what every
+entry point shares):
 
 - 0: the run is complete.
-- 2: bad config or input: a config field, a model argument, a dataset that
-  cannot be read (a damaged image, a missing folder, labels the model has
-  no outputs for), or a workdir in use by another run. Nothing was trained;
+- 2: bad config or input: a flag or config field (a misspelled
+  ``--config.FIELD`` prints one line with the closest field), a config file
+  that cannot be loaded, a model argument, a dataset that cannot be read (a
+  damaged image, a missing folder, labels the model has no outputs for), or
+  a workdir in use by another run. Nothing was trained;
   running again will fail again.
 - 3: the run diverged (``NonFiniteError``): no diverged state is saved, the
   message names the last good checkpoint.
@@ -29,24 +33,24 @@ to stderr, and ``--verbosity=0`` or higher also prints its traceback):
 """
 
 import sys
-import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from gaf_optax import data
+from experiments import cli
 from gaf_optax import training
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-EXIT_IO = 4
+EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
+EXIT_DIVERGED = cli.EXIT_DIVERGED
+EXIT_IO = cli.EXIT_IO
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A get_config() file (see experiments/configs).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+flags.DEFINE_boolean("debug", False, cli.DEBUG_HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,11 +61,25 @@ def _no_orbax_tracebacks(record) -> bool:
   return not (record.exc_info and "orbax" in record.pathname)
 
 
-def _fail(code: int, e: BaseException):
-  if flags.FLAGS["verbosity"].present:
-    traceback.print_exception(type(e), e, e.__traceback__)
-  print(f"{type(e).__name__}: {e}", file=sys.stderr)
-  sys.exit(code)
+def _parse_flags(argv):
+  """The flags (:func:`cli.absl_flags_parser`), and the config file loaded.
+
+  A config file that cannot be loaded is bad input (status 2), reported in
+  one line before anything else runs.
+  """
+  rest = cli.absl_flags_parser(argv)
+  try:
+    # ml_collections keeps a load error until the config is first used.
+    _CONFIG.value.keys()
+  except OSError as e:
+    if cli.debug(argv[1:]):
+      raise
+    text = " ".join(str(e).split()).replace(
+        "Configuration is not available because of an earlier failure to "
+        "load: ", "")
+    print(f"error: --config: {text}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  return rest
 
 
 def main(argv):
@@ -72,19 +90,17 @@ def main(argv):
     logging.get_absl_logger().addFilter(_no_orbax_tracebacks)
   try:
     summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except training.Preempted as e:
-    print(e, file=sys.stderr)
-    sys.exit(128 + (e.signum or 15))
-  except training.NonFiniteError as e:
-    _fail(EXIT_DIVERGED, e)
-  except (training.WorkdirLocked, data.TfdsNotPreparedError, ValueError,
-          TypeError, FileNotFoundError) as e:
-    _fail(EXIT_BAD_INPUT, e)
-  except OSError as e:  # CheckpointWriteError among them
-    _fail(EXIT_IO, e)
+  except Exception as e:  # pylint: disable=broad-except
+    code = cli.exit_code(e)
+    if code is None:
+      raise
+    cli.fail(code, e, show_traceback=(
+        not isinstance(e, training.Preempted)
+        and (flags.FLAGS.debug or cli.debug()
+             or flags.FLAGS["verbosity"].present)))
   print(f"last test accuracy {summary['last_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

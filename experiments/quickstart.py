@@ -21,7 +21,6 @@ papers' claims; see experiments/README.md for the studies.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,8 +30,10 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments import common
 from experiments.configs import default
+from gaf_optax import data
 from gaf_optax import training
 
 # name -> (overrides of the base config, description)
@@ -59,6 +60,7 @@ def base_config(args):
   c = default.get_config()
   c.dataset = args.dataset
   c.data_dir = args.data_dir
+  c.image_size = args.image_size
   c.model = args.model
   if args.model == "mlp":
     c.model_kwargs.features = (64, 64, 64, 64)
@@ -99,6 +101,24 @@ def arm_config(base, overrides, seed):
   return c
 
 
+def describe_images(ds, args) -> str:
+  """The image shape the models see, and how to change it.
+
+  An image folder of mixed sizes (or too large to hold decoded) is read
+  lazily and cropped to 224x224 (:func:`gaf_optax.data.folder`), which a
+  user would not guess from the command line.
+  """
+  h, w, c = ds.image_shape
+  line = (f"{ds.name}: {ds.num_train} train / {ds.num_test} test images, "
+          f"fed as {h}x{w}x{c}")
+  if args.image_size is None and args.dataset.startswith("folder:"):
+    lazy = not isinstance(ds.train, data.ArraySource)
+    line += (" (images of mixed sizes, or too many to hold decoded: cropped "
+             "to 224x224 on the host)" if lazy else " (as stored)")
+    line += "; --image_size N resizes them to NxN"
+  return line
+
+
 def run(args) -> dict:
   base = base_config(args)
   arms = [a for a in ARMS if not args.arms or a in args.arms]
@@ -109,9 +129,11 @@ def run(args) -> dict:
     for seed in range(args.seeds):
       t0 = time.perf_counter()
       # No workdir: throw-away runs write no files or checkpoints.
-      summary = training.Trainer.from_config(
-          arm_config(base, overrides, seed)).fit(progress=False,
-                                                 log_to_stdout=False)
+      trainer = training.Trainer.from_config(arm_config(base, overrides,
+                                                        seed))
+      if not results and not runs:
+        print(describe_images(trainer.dataset, args), flush=True)
+      summary = trainer.fit(progress=False, log_to_stdout=False)
       seconds = time.perf_counter() - t0
       records = summary["records"]
       runs.append({
@@ -200,20 +222,28 @@ def plot(results, path) -> None:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__)
   p.add_argument("--dataset", default="digits",
                  help="digits (default, embedded), digits28, shapes28 (generated), "
                  "cifar10, folder:PATH, ...")
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--model", default="mlp")
-  p.add_argument("--epochs", type=int, default=8)
-  p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--lr", type=float, default=0.02)
-  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--data_dir", default=None,
+                 help="TFDS data directory (TFDS sets only)")
+  p.add_argument("--image_size", type=int, default=None,
+                 help="resize images to NxN (default: as stored; a folder of "
+                 "mixed sizes is cropped to 224x224)")
+  p.add_argument("--model", default="mlp",
+                 help="a gaf_optax.models name, e.g. mlp, lenet, resnet8")
+  p.add_argument("--epochs", type=int, default=8, help="epochs per run")
+  p.add_argument("--batch_size", type=int, default=64, help="global batch")
+  p.add_argument("--lr", type=float, default=0.02,
+                 help="peak learning rate (Adam arms: 1e-3)")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per arm")
   p.add_argument("--num_devices", type=int, default=None,
                  help="devices of the data-parallel mesh (default: all)")
-  p.add_argument("--arms", nargs="*", default=None, choices=list(ARMS))
-  p.add_argument("--out", default="quickstart_results")
+  p.add_argument("--arms", nargs="*", default=None, choices=list(ARMS),
+                 help="the arms to run (default: all)")
+  p.add_argument("--out", default="quickstart_results",
+                 help="where results.json and curves.png go")
   return p.parse_args(argv)
 
 
@@ -240,4 +270,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -58,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
@@ -67,6 +68,7 @@ import optax
 from flax import linen as nn
 
 import gaf_optax
+from experiments import cli
 from experiments import common
 from gaf_optax import data
 from gaf_optax import models
@@ -323,4 +325,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -29,16 +29,17 @@ the peak resident memory of the process and of its worker processes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
 
+from experiments import cli
 from gaf_optax import data
 
 NUM_CLASSES = 10
@@ -129,7 +130,7 @@ def torch_epoch(root: str, batch: int, workers: int) -> tuple[float, float]:
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = cli.parser(__doc__)
   p.add_argument("--images", type=int, default=2000)
   p.add_argument("--workers", default="0,1,2")
   p.add_argument("--batch", type=int, default=64)
@@ -184,4 +185,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

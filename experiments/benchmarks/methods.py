@@ -18,12 +18,13 @@ same cores).
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
 
 import numpy as np
+
+from experiments import cli
 
 
 def _peak_rss_mib() -> float:
@@ -105,7 +106,7 @@ METHODS = ("sgd", "sgd_gaf", "amplification", "gaaf", "anact")
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--rounds", type=int, default=7)
@@ -161,4 +162,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main() and 0)
+  sys.exit(cli.run(main))

@@ -30,10 +30,10 @@ XLA flags are taken from the XLA_FLAGS environment variable as usual;
 
 from __future__ import annotations
 
-import argparse
 import platform
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import cli
 from experiments.benchmarks import torch_models
 from gaf_optax import data
 from gaf_optax import models
@@ -58,7 +59,7 @@ VARIANTS = ("default", "xla-defaults", "torch")
 
 
 def main(argv=None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--model", default="resnet20",
                       help=f"one of {', '.join(models.names())}")
   parser.add_argument("--batch", type=int, default=128)
@@ -178,4 +179,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 
 try:
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments.benchmarks import param_trees
 
 
@@ -138,4 +140,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

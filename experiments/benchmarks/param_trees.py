@@ -101,8 +101,8 @@ def parse_args(doc: str, default_trees: str, argv=None, *,
 
   Returns ``(args, trees)``: the parsed arguments and the list of tree names.
   """
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  from experiments import cli  # pylint: disable=import-outside-toplevel
+  parser = cli.parser(doc)
   parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--trees", default=default_trees)
   if grads_option:

@@ -21,8 +21,9 @@ has none).
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from experiments import cli
 
 OPTIMIZERS = ("sgd", "sgd_gaf", "adam", "adam_gaf")
 
@@ -91,7 +92,7 @@ def measure(model_name: str, devices: int, optimizers, min_bytes: int
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__)
   p.add_argument("--model", default="resnet50")
   p.add_argument("--devices", type=int, default=8)
   p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
@@ -127,4 +128,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

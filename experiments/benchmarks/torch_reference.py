@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -40,6 +41,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments.benchmarks import param_trees
 
 LR, MOMENTUM, WD, ALPHA, BETA = 0.1, 0.9, 5e-4, 0.1, 20.0
@@ -172,4 +174,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

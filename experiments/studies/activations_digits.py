@@ -17,9 +17,9 @@ mean +- std over seeds. ``--smoke`` runs a tiny version in seconds.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
+import sys
 import time
 
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import data
@@ -177,7 +178,7 @@ def run_study(study: Study, seeds, fast_compile: bool = False) -> list[str]:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--smoke", action="store_true",
                       help="a tiny version (two arms each, 20 steps)")
   parser.add_argument("--seeds", type=int, default=3)
@@ -202,4 +203,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

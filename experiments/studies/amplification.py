@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import textwrap
 import time
 
@@ -46,6 +47,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import training
@@ -193,4 +195,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

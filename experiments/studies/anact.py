@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import flax.linen as nn
 import numpy as np
 import optax
 
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import data
@@ -246,4 +248,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -60,6 +60,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import time
 
 import flax.linen as nn
@@ -68,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import data
@@ -605,4 +607,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

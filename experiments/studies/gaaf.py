@@ -34,12 +34,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import data
@@ -198,4 +200,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -39,12 +39,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import numpy as np
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments import common
 from experiments import studies
 
@@ -180,4 +182,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 
 import jax
@@ -44,6 +45,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments import common
 from experiments import studies
 
@@ -433,4 +435,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -48,6 +49,7 @@ import numpy as np
 import optax
 
 import gaf_optax
+from experiments import cli
 from experiments import common
 from experiments import studies
 from gaf_optax import data
@@ -299,4 +301,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run(main))

@@ -65,6 +65,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import Callable
 
@@ -163,8 +164,11 @@ def _load(name, data_dir, download, cache_dir, decode_workers) -> Dataset:
     return load_tfds(tfds_name, data_dir=data_dir, download=download,
                      dataset_name=name)
   if name not in _NAMED:
+    close = difflib.get_close_matches(name, list(_NAMED), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(
-        f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
+        f"unknown dataset {name!r}{hint}; known: "
+        f"{', '.join(known_datasets())}")
   return _NAMED[name](data_dir=data_dir, download=download)
 
 

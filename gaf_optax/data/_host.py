@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -185,6 +186,18 @@ def image_files(entries: Sequence[tuple[str, str, str]],
   return out[0], out[1]
 
 
+def _header(source, what: str) -> tuple[tuple[int, int], bool]:
+  """An image's shown ``(width, height)`` and whether it is grey (header)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(source) as im:
+      return _sources.shown_size(im), (
+          im.mode in _sources._GREY_MODES  # pylint: disable=protected-access
+          or im.mode.startswith("I;16"))
+  except Exception as e:  # Pillow raises several types for bad files.
+    raise ValueError(f"cannot decode image {what}: {e}") from e
+
+
 def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
   """Image sizes seen and whether every image is grey, from headers only.
 
@@ -197,52 +210,105 @@ def scan_headers(files: Sequence[str]) -> tuple[set, bool]:
     ``(sizes, grey)``: the ``(width, height)`` pairs seen, and whether every
     scanned image has a grey mode.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   sizes, grey = set(), True
   for path in files:
-    try:
-      with Image.open(path) as im:
-        sizes.add(_sources.shown_size(im))
-        grey = grey and (im.mode in _sources._GREY_MODES  # pylint: disable=protected-access
-                         or im.mode.startswith("I;16"))
-    except Exception as e:  # Pillow raises several types for bad files.
-      raise ValueError(f"cannot decode image {path}: {e}") from e
+    size, is_grey = _header(path, path)
+    sizes.add(size)
+    grey = grey and is_grey
     if len(sizes) > 1:
       return sizes, False
   return sizes, grey
 
 
+def _decoded_bytes(count: int, sizes: set, grey: bool) -> int:
+  width, height = next(iter(sizes)) if sizes else (0, 0)
+  return count * width * height * (1 if grey else 3)
+
+
 def folder_is_lazy(path: str, lazy: bool | None, max_cache_bytes: int
                    ) -> tuple[bool, list[tuple[str, str, str]]]:
-  """Whether to read a folder lazily, and its listing.
+  """Whether to read a folder (not an archive) lazily, and its listing.
 
   Decided as documented in :func:`gaf_optax.data.folder`.
   """
-  if _sources._is_tar(path):  # pylint: disable=protected-access
-    if lazy:
-      raise ValueError(
-          f"folder {path!r} is an archive; lazy=True reads image files one "
-          "at a time and needs them unpacked (tar -xzf it first), or use "
-          "lazy=False to decode it once into the cache")
-    return False, []
   if lazy is False:  # the cached path lists the folder itself
     return False, []
   entries = _sources._listing_dir(path, _sources._image_extensions())  # pylint: disable=protected-access
   if lazy:
     return True, entries
-  train = [p for s, _, p in entries if s == "train"]
-  sizes, grey = scan_headers(train)
+  sizes, grey = scan_headers([p for s, _, p in entries if s == "train"])
   if len(sizes) > 1:
     return True, entries
-  width, height = next(iter(sizes)) if sizes else (0, 0)
-  decoded = len(entries) * width * height * (1 if grey else 3)
-  return decoded > max_cache_bytes, entries
+  return _decoded_bytes(len(entries), sizes, grey) > max_cache_bytes, entries
 
 
-def lazy_folder(path: str, entries, *, crop_size: int, name: str
-                ) -> _sources.Dataset:
-  """The lazy form of :func:`gaf_optax.data.folder`."""
-  classes = _sources.folder_classes(path, {
+def archive_is_lazy(path: str, max_cache_bytes: int) -> bool:
+  """:func:`folder_is_lazy`'s answer for an archive, from one read of it.
+
+  The members are streamed and only their headers parsed; the read stops at
+  the second training-image size. A damaged archive is a ValueError here or,
+  if the read stopped early, when it is unpacked.
+  """
+  sizes, grey, count, bad = set(), True, 0, None
+  for split, _, name, data in _sources._listing_tar(  # pylint: disable=protected-access
+      path, _sources._image_extensions()):  # pylint: disable=protected-access
+    count += 1
+    if split != "train" or bad is not None:
+      continue
+    try:
+      size, is_grey = _header(io.BytesIO(data), f"{name} in {path}")
+    except ValueError as e:
+      # Read on: a corrupt compressed byte garbles the images after it, and
+      # the archive's checksum at its end names the real cause.
+      bad = e
+      continue
+    sizes.add(size)
+    grey = grey and is_grey
+    if len(sizes) > 1:
+      return True
+  if bad is not None:
+    raise bad
+  return _decoded_bytes(count, sizes, grey) > max_cache_bytes
+
+
+def archive_folder(path: str, *, cache_dir: str | None, name: str,
+                   lazy: bool | None, crop_size: int, max_cache_bytes: int,
+                   decode_workers: int) -> _sources.Dataset:
+  """:func:`gaf_optax.data.folder` for an archive: cached, or unpacked + lazy.
+
+  A design choice: rather than read members out of the archive per example
+  (gzip has no random access), a lazy archive is unpacked once into the
+  cache (:func:`~gaf_optax.data._sources.unpack_archive`) and read as the
+  folder it holds. With ``lazy=None``, what the cache already holds for this
+  archive decides (its decoded arrays: cached; its unpacked folder: decided
+  as for that folder); otherwise one streamed read of the headers does.
+  """
+  npz, unpacked = _sources.cache_paths(path, cache_dir)
+  entries = None
+  if lazy is None:
+    if os.path.exists(npz):
+      lazy = False
+    elif os.path.isdir(unpacked):
+      lazy, entries = folder_is_lazy(unpacked, None, max_cache_bytes)
+    else:
+      lazy = archive_is_lazy(path, max_cache_bytes)
+  if not lazy:
+    return _sources.cached_folder(path, cache_dir=cache_dir, name=name,
+                                  decode_workers=decode_workers, filename=npz)
+  root = _sources.unpack_archive(path, unpacked)
+  if entries is None:
+    entries = _sources._listing_dir(root, _sources._image_extensions())  # pylint: disable=protected-access
+  return lazy_folder(root, entries, crop_size=crop_size, name=name,
+                     shown=path)
+
+
+def lazy_folder(path: str, entries, *, crop_size: int, name: str,
+                shown: str | None = None) -> _sources.Dataset:
+  """The lazy form of :func:`gaf_optax.data.folder`.
+
+  ``shown``: the path that messages name (an archive unpacked at ``path``).
+  """
+  classes = _sources.folder_classes(shown or path, {
       split: [cls for s, cls, _ in entries if s == split]
       for split in ("train", "test")}, _sources.class_folders(path))
   sample = min(sum(s == "train" for s, _, _ in entries), STATS_SAMPLE)
@@ -252,7 +318,7 @@ def lazy_folder(path: str, entries, *, crop_size: int, name: str
     largest = math.isqrt(limit // (2 * sample * 3))
     raise ValueError(
         f"crop_size={crop_size} is too large: the statistics of {sample} "
-        f"{crop_size}x{crop_size}x3 crops of {path!r} need about "
+        f"{crop_size}x{crop_size}x3 crops of {shown or path!r} need about "
         f"{needed:,} bytes, more than this host's {limit:,} bytes of "
         f"memory. crop_size must be in 1..{largest} here.")
   train, test = image_files(entries, classes, crop_size=crop_size)
@@ -294,10 +360,13 @@ def folder(path: str, *, cache_dir: str | None = None,
   renumber the classes after it); a ``test/`` class folder must match a
   ``train/`` one and may be empty.
   ``PATH`` may also be a ``.tar``/``.tar.gz``/``.tgz`` archive of that
-  layout (optionally under one top folder); its members are streamed in
-  place, never extracted. An archive is read to its end: one that is
-  truncated (even at a member boundary) or damaged is an error, never a
-  smaller dataset.
+  layout (optionally under one top folder), read as the folder it holds:
+  the cached form streams its members in place; the lazy form unpacks it
+  once into ``<cache_dir>/archive-<key>`` (keyed like the decoded arrays
+  below, written under a temporary name and renamed when complete) and
+  reads that folder. An archive is read to its end: one that is truncated
+  (even at a member boundary) or damaged is an error, never a smaller
+  dataset, and leaves nothing in the cache.
 
   Two ways of reading:
 
@@ -316,8 +385,10 @@ def folder(path: str, *, cache_dir: str | None = None,
 
   With ``lazy=None`` the folder is read lazily when its training images
   differ in size (Pillow reads headers only; the scan stops at the second
-  size) or their decoded size would exceed ``max_cache_bytes``; archives
-  are always cached.
+  size) or their decoded size would exceed ``max_cache_bytes``; for an
+  archive, one streamed read of its headers decides the first time, and
+  later what the cache holds for it (its decoded arrays, or its unpacked
+  folder, decided as a folder) does.
 
   Images are turned upright by their EXIF orientation tag
   (``PIL.ImageOps.exif_transpose``): a photo stored sideways with
@@ -375,7 +446,8 @@ def folder(path: str, *, cache_dir: str | None = None,
     ValueError: naming the file, for an archive that is truncated or damaged,
       an image that cannot be decoded or has no known range, and a layout or
       image sizes that do not fit the above (a class folder without images,
-      a link loop); ``lazy=True`` for an archive; a ``crop_size`` too large.
+      a link loop); images of several sizes with ``lazy=False``; a
+      ``crop_size`` too large.
 
   Example:
     >>> import os, tempfile
@@ -405,6 +477,11 @@ def folder(path: str, *, cache_dir: str | None = None,
       raise ValueError(
           f"image folder {path!r} has no {missing} sub-folder: expected "
           "PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+  if _sources._is_tar(path):  # pylint: disable=protected-access
+    return archive_folder(path, cache_dir=cache_dir, name=name, lazy=lazy,
+                          crop_size=crop_size,
+                          max_cache_bytes=max_cache_bytes,
+                          decode_workers=decode_workers)
   is_lazy, entries = folder_is_lazy(path, lazy, max_cache_bytes)
   if is_lazy:
     return lazy_folder(path, entries, crop_size=crop_size, name=name)

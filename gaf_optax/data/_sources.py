@@ -16,6 +16,7 @@ import hashlib
 import io
 import lzma
 import os
+import shutil
 import tarfile
 import tempfile
 import warnings
@@ -519,10 +520,14 @@ def _stack(images: Sequence[np.ndarray], names: Sequence[str],
   for image, name in zip(images, names):
     shapes.setdefault(image.shape, name)
   if len(shapes) > 1:
-    described = ", ".join(f"{s} (e.g. {n})" for s, n in shapes.items())
+    # Two examples, not every size: a set of mixed-size photos has as many
+    # sizes as images, and the message must stay one readable line.
+    (s1, n1), (s2, n2) = list(shapes.items())[:2]
     raise ValueError(
-        f"images in {path} differ in shape: {described}. An image folder must "
-        "hold images of one size; resize them first.")
+        f"images in {path} differ in shape ({len(shapes)} shapes, e.g. {s1} "
+        f"{os.path.basename(n1)} and {s2} {os.path.basename(n2)}); "
+        "lazy=False needs one size: leave lazy=None (or lazy=True) to read "
+        "them lazily at crop_size.")
   return np.stack(images)
 
 
@@ -740,21 +745,91 @@ def _read_cache(cache_file: str) -> dict[str, np.ndarray] | None:
   return None
 
 
+def cache_paths(path: str, cache_dir: str | None = None
+                ) -> tuple[str, str]:
+  """Where ``path``'s decoded arrays and (an archive's) unpacked images go.
+
+  ``(<cache_dir>/folder-<key>.npz, <cache_dir>/archive-<key>)``, one key
+  (:func:`_cache_key`: an archive's is a hash of its bytes, computed once
+  here).
+  """
+  key = _cache_key(path)
+  cache_dir = cache_dir or default_cache_dir()
+  return (os.path.join(cache_dir, f"folder-{key}.npz"),
+          os.path.join(cache_dir, f"archive-{key}"))
+
+
+def unpack_archive(path: str, final: str) -> str:
+  """Archive ``path``'s images as a folder ``final`` in the cache, once.
+
+  ``final`` is the second of :func:`cache_paths`: keyed like the
+  decoded-image cache (the archive's path and bytes), so a changed archive
+  is unpacked again. It holds what the cached form reads (``train/`` and
+  ``test/``, each image at ``split/<class>/...``, class folders without
+  images kept,
+  any top folder dropped); a member that occurs twice is kept as
+  ``tar -x`` keeps it, the later one. It is written under a temporary name
+  and renamed once the whole archive has been read and checked: a damaged
+  archive or an interrupted run leaves no folder (only, after a kill, a
+  ``.tmp-archive-*`` one), and of two processes unpacking at once, the
+  first rename wins and the other uses its folder.
+
+  Raises:
+    ValueError: naming ``path``, if the archive is truncated or damaged.
+  """
+  if os.path.isdir(final):
+    return final
+  directory = os.path.dirname(final)
+  os.makedirs(directory, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=directory, prefix=".tmp-archive-")
+  try:
+    folders: dict[str, set[str]] = {}
+    for split in _SPLITS:
+      os.makedirs(os.path.join(tmp, split))
+    for split, cls, name, data in _listing_tar(path, _image_extensions(),
+                                               folders):
+      parts = [p for p in name.replace("\\", "/").split("/")
+               if p not in ("", ".")]
+      # _split_parts found split/cls here and refused hidden parts ('..').
+      k = next(i for i in range(len(parts) - 2)
+               if parts[i] == split and parts[i + 1] == cls)
+      target = os.path.join(tmp, *parts[k:])
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      with open(target, "wb") as f:
+        f.write(data)
+    for split, names in folders.items():
+      for cls in names:
+        os.makedirs(os.path.join(tmp, split, cls), exist_ok=True)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared.
+    try:
+      os.rename(tmp, final)
+    except OSError:
+      if not os.path.isdir(final):  # not another process's unpacked copy
+        raise
+      shutil.rmtree(tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final
+
+
 def cached_folder(path: str, *, cache_dir: str | None = None,
-                  name: str | None = None, decode_workers: int = 1
-                  ) -> Dataset:
-  """An image folder or archive decoded once and cached (see ``folder``)."""
+                  name: str | None = None, decode_workers: int = 1,
+                  filename: str | None = None) -> Dataset:
+  """An image folder or archive decoded once and cached (see ``folder``).
+
+  ``filename``: the cache file, if known (:func:`cache_paths`).
+  """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise _missing_folder(path)
-  cache_dir = cache_dir or default_cache_dir()
-  cache_file = os.path.join(cache_dir, f"folder-{_cache_key(path)}.npz")
+  filename = filename or cache_paths(path, cache_dir)[0]
   arrays = None
-  if os.path.exists(cache_file):
-    arrays = _read_cache(cache_file)
+  if os.path.exists(filename):
+    arrays = _read_cache(filename)
   if arrays is None:
     arrays = _decode_folder(path, decode_workers)
-    _save_atomic(cache_file, arrays)
+    _save_atomic(filename, arrays)
   class_names = tuple(str(c) for c in arrays["class_names"])
   return Dataset(
       name=name or f"folder:{path}", num_classes=len(class_names),

@@ -92,9 +92,90 @@ def test_when_a_folder_is_cached_and_when_lazy(tmp_path):
   archive = str(tmp_path / "same.tar.gz")
   with tarfile.open(archive, "w:gz") as tar:
     tar.add(same, arcname="same")
-  with pytest.raises(ValueError, match="archive.*unpacked"):
-    data.folder(archive, lazy=True)
   assert data.folder(archive, cache_dir=cache).image_shape == (8, 8, 3)
+  # lazy=True unpacks it; lazy=None then decides as for that folder: cached.
+  forced = data.folder(archive, cache_dir=cache, lazy=True, crop_size=8)
+  assert isinstance(forced.train, data.RecordSource)
+  assert isinstance(data.folder(archive, cache_dir=cache).train,
+                    data.ArraySource)
+
+
+def _tar(folder, archive):
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(folder, arcname="imagenet_like")
+  return str(archive)
+
+
+def _assert_same(a, b):
+  assert (a.image_shape, a.class_names, a.num_train, a.num_test) == (
+      b.image_shape, b.class_names, b.num_train, b.num_test)
+  np.testing.assert_array_equal(a.mean, b.mean)
+  np.testing.assert_array_equal(a.std, b.std)
+  for split in ("train", "test"):
+    kw = dict(seed=3, epoch=1, num_epochs=2)
+    got = list(data.batches(getattr(a, split), 4, **kw))
+    ref = list(data.batches(getattr(b, split), 4, **kw))
+    assert len(got) == len(ref) > 0
+    for x, y in zip(got, ref):
+      np.testing.assert_array_equal(x["image"], y["image"])
+      np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_an_archive_of_mixed_sizes_loads_as_its_folder(tmp_path,
+                                                       monkeypatch):
+  root = _imagenet_like(tmp_path / "folder")
+  archive = _tar(root, tmp_path / "set.tar.gz")
+  cache = str(tmp_path / "cache")
+  ref = data.folder(root, crop_size=16)
+  ds = data.get(f"folder:{archive}", cache_dir=cache)  # the default: lazy
+  assert isinstance(ds.train, data.RecordSource)
+  assert ds.name == f"folder:{archive}"
+  ds16 = data.folder(archive, cache_dir=cache, crop_size=16)
+  _assert_same(ds16, ref)
+  assert ds.image_shape == (224, 224, 3)
+  # Unpacked once, atomically: one folder and no temporary left; a second
+  # load reads that folder, not the archive's members.
+  (unpacked,) = os.listdir(cache)
+  assert unpacked.startswith("archive-")
+  assert all(f.startswith(os.path.join(cache, unpacked))
+             for f in ds16.train.records.files)
+
+  def no_read(*args, **kwargs):
+    raise AssertionError("the archive was read again")
+
+  monkeypatch.setattr(_sources, "_listing_tar", no_read)
+  _assert_same(data.folder(archive, cache_dir=cache, crop_size=16), ref)
+  # A changed archive has another key: unpacked again.
+  monkeypatch.undo()
+  os.remove(os.path.join(root, "train", CLASSES[0],
+                         f"{CLASSES[0]}_0.JPEG"))
+  _tar(root, archive)
+  again = data.folder(archive, cache_dir=cache, crop_size=16)
+  assert again.num_train == 11 and len(os.listdir(cache)) == 2
+
+
+def test_a_mixed_size_archive_with_lazy_false_is_one_short_line(tmp_path):
+  root = _imagenet_like(tmp_path / "folder")
+  archive = _tar(root, tmp_path / "set.tar.gz")
+  with pytest.raises(ValueError) as e:
+    data.folder(archive, cache_dir=str(tmp_path / "cache"), lazy=False)
+  message = str(e.value)
+  assert "\n" not in message and len(message) < 400, message
+  assert "4 shapes" in message and "lazy=None" in message
+
+
+def test_a_damaged_mixed_size_archive_is_an_error_and_leaves_no_folder(
+    tmp_path):
+  root = _imagenet_like(tmp_path / "folder")
+  archive = _tar(root, tmp_path / "set.tar.gz")
+  with open(archive, "rb") as f:
+    raw = f.read()
+  with open(archive, "wb") as f:
+    f.write(raw[:len(raw) - 100])  # cut: gzip's checksum and end are gone
+  cache = tmp_path / "cache"
+  with pytest.raises(ValueError, match="truncated or damaged"):
+    data.folder(archive, cache_dir=str(cache), lazy=True)
+  assert os.listdir(cache) == []
 
 
 @pytest.mark.parametrize("kwargs,match", [
