@@ -32,6 +32,7 @@ entry point shares):
 - 1: anything else (a bug: Python's traceback).
 """
 
+import os
 import sys
 
 from absl import app
@@ -94,10 +95,19 @@ def main(argv):
     code = cli.exit_code(e)
     if code is None:
       raise
+    verbose = (flags.FLAGS.debug or cli.debug()
+               or flags.FLAGS["verbosity"].present)
+    if code == EXIT_IO and not verbose:
+      # After a failed write Orbax's background threads may still log their
+      # own tracebacks while the interpreter shuts down ("Event loop is
+      # closed"); the message is out and the good checkpoints are on disk,
+      # so the process ends here, without that teardown.
+      print(cli.message(e), file=sys.stderr)
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)  # pylint: disable=protected-access
     cli.fail(code, e, show_traceback=(
-        not isinstance(e, training.Preempted)
-        and (flags.FLAGS.debug or cli.debug()
-             or flags.FLAGS["verbosity"].present)))
+        not isinstance(e, training.Preempted) and verbose))
   print(f"last test accuracy {summary['last_test_accuracy']:.4f}, best "
         f"{summary['best_test_accuracy']:.4f}")
 

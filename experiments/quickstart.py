@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(results_markdown(results, argv))
   plot(results, os.path.join(args.out, "curves.png"))
-  print(f"\nwrote {args.out}/results.json and {args.out}/curves.png")
+  print(f"\nwrote {args.out}/results.json, results.md and curves.png")
   return results
 
 
