@@ -53,7 +53,9 @@ step, or rides out a few with its ``skip_nonfinite_steps`` argument.
 """
 
 
+import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Union
 
@@ -447,6 +449,38 @@ mlir.register_lowering(
     lambda ctx: [mlir.ir_constant(np.int32(_unpartitioned(ctx)))])
 
 
+@functools.cache
+def _fences_hold() -> bool:
+  """Whether this XLA:CPU keeps optimization barriers until it fuses loops.
+
+  The wide views need them there: a loop follows its fusion's root shape,
+  and without a fence XLA fuses the reshape back to the leaf's shape into
+  the loop. The XLA of jax 0.12 keeps them; the XLAs of jax 0.10.2 and
+  0.5.3 expand them before fusion, where a fenced view only costs: the
+  fused loops are still scalar, and the expanded barriers leave a copy of
+  each donated leaf (up to 170 MiB of temporaries and 5x a step on
+  ResNet-18 in PyTorch's layout). So we probe the compiler, once per
+  process, instead of trusting a version number: compile a fenced view of
+  a small (4, 32, 3, 3) array and look for a loop over the (4, 288) view.
+  Any failure reads as "no" (the leaves keep their shape, as in optax).
+  """
+  shape, flat = (4, 32, 3, 3), (4, 288)
+
+  def probe(x):
+    v = jax.lax.optimization_barrier(x.reshape(flat))
+    return jax.lax.optimization_barrier(jnp.sin(v) * 3.0).reshape(shape)
+
+  try:
+    cpu = jax.devices("cpu")[0]
+    arg = jax.ShapeDtypeStruct(
+        shape, jnp.float32, sharding=jax.sharding.SingleDeviceSharding(cpu))
+    text = jax.jit(probe).lower(arg).compile().as_text()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  entry = text[text.find("ENTRY"):]
+  return re.search(r"= f32\[4,288\]\{1,0\} fusion\(", entry) is not None
+
+
 def _on_cpu_views(fn: Callable[..., tuple[jax.Array, ...]],
                   leaves: list[jax.Array], flat: tuple[int, ...],
                   fence_wide: bool) -> tuple[jax.Array, ...]:
@@ -456,6 +490,8 @@ def _on_cpu_views(fn: Callable[..., tuple[jax.Array, ...]],
     return tuple(fn(*leaves))
 
   def on_views(*xs):
+    if not _fences_hold():  # views without fences only cost (see there)
+      return tuple(fn(*xs))
     if flat != shape:
       xs = jax.lax.optimization_barrier(tuple(x.reshape(flat) for x in xs))
     # Fenced outputs also stop XLA from recomputing fn in their consumers.
@@ -483,8 +519,11 @@ def _on_flat_views(fn: Callable[..., tuple[jax.Array, ...]],
   for state buffers: ``fn``'s outputs are materialized (fenced also for
   leaves already wide, so that their consumers read them instead of
   recomputing ``fn``), which is free for a buffer the state keeps anyway.
-  Other platforms (their loop emitters are not sensitive to the layout) run
-  ``fn`` as it is; ``enabled=False`` (a non-scalar hyper-parameter that must
+  Where XLA:CPU drops the fences before it fuses loops (`_fences_hold`:
+  the XLAs of jax 0.10.2 and 0.5.3), the leaves keep their shape, as in
+  optax: the loops run scalar on a small minor dimension, which costs less
+  than the copies the dropped fences leave. Other platforms (their loop
+  emitters are not sensitive to the layout) run ``fn`` as it is; ``enabled=False`` (a non-scalar hyper-parameter that must
   broadcast against the leaf's real shape) keeps the shape too.
   ``fence_wide=False`` runs ``fn`` as it is on leaves that keep their shape.
 

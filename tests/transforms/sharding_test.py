@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import gaf_optax
 from gaf_optax import training
+from gaf_optax.transforms import _gaf
 
 # A few ResNet-18 leaves (Flax layout): conv kernels of the first two stages,
 # the classifier and a BatchNorm vector.
@@ -250,7 +251,8 @@ def test_one_device_keeps_the_cpu_wide_views(name, placement):
                             NamedSharding(training.make_mesh(1), P()))
   compiled = jax.jit(tx.update).lower(params, tx.init(params),
                                       params).compile()
-  assert "f32[16,144]" in compiled.as_text()
+  # Where XLA:CPU drops the fences before fusion (jax 0.10, 0.5), no view.
+  assert ("f32[16,144]" in compiled.as_text()) == _gaf._fences_hold()
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -275,7 +277,7 @@ def test_shard_map_takes_the_views_of_each_shard(name):
   step = jax.jit(_shard_map(lambda g, s, p: tx.update(g, s, p), mesh,
                             (spec, state_spec, spec), (spec, state_spec)))
   compiled = step.lower(grads[0], state, params).compile()
-  assert "f32[2,144]" in compiled.as_text()
+  assert ("f32[2,144]" in compiled.as_text()) == _gaf._fences_hold()
   assert not _all_gathers(compiled)
   updates, _ = step(grads[0], state, params)
   ref, _ = jax.jit(tx.update)(grads[0], state, params)
@@ -298,7 +300,8 @@ def test_the_lowering_choice_is_transparent_to_vmap_and_grad():
         (updates, new_state)))
 
   batched = jax.jit(jax.vmap(lambda g: tx.update(g, state, params)[0]))
-  assert "f32[3,16,144]" in batched.lower(grads).compile().as_text()
+  assert (("f32[3,16,144]" in batched.lower(grads).compile().as_text())
+          == _gaf._fences_hold())
   want = jax.vmap(lambda g: chain.update(g, state, params)[0])(grads)
   for a, b in zip(jax.tree.leaves(batched(grads)), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-9)
