@@ -5,14 +5,37 @@ errors); ``-b doctest`` runs the pages' examples.
 """
 
 import os
+import posixpath
 import re
 import sys
+
+from docutils import nodes
 
 sys.path.insert(0, os.path.abspath(".."))
 
 project = "gaf_optax"
 author = "the gaf_optax authors"
 copyright = "2026, the gaf_optax authors"  # pylint: disable=redefined-builtin
+
+
+def _package_version():
+  """The version in ``pyproject.toml``: the one place it is written.
+
+  The checkout's file, not the installed metadata, so a site built from a
+  checkout shows that checkout's version even before it is reinstalled.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                      "pyproject.toml")
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  project_table = text.split("[project]", 1)[1].split("\n[", 1)[0]
+  match = re.search(r'^version\s*=\s*"([^"]+)"', project_table, re.M)
+  if match is None:
+    raise RuntimeError(f"no [project] version in {path}")
+  return match.group(1)
+
+
+release = version = _package_version()
 
 extensions = [
     "myst_parser",
@@ -23,6 +46,24 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]
+
+# Links into optax's, JAX's, Flax's, NumPy's and Python's documentation.
+# Intersphinx fetches each site's objects.inv when the build starts; offline
+# (this project's machines and CI have no internet) that fetch fails and a
+# -W build stops on the warning.  So the links are made only when asked for:
+# GAF_OPTAX_DOCS_ONLINE=1, or on Read the Docs (which sets READTHEDOCS=True).
+# The offline build leaves those names as plain text, as before.
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3/", None),
+    "numpy": ("https://numpy.org/doc/stable/", None),
+    "jax": ("https://docs.jax.dev/en/latest/", None),
+    "flax": ("https://flax.readthedocs.io/en/latest/", None),
+    "optax": ("https://optax.readthedocs.io/en/latest/", None),
+}
+ONLINE = (os.environ.get("GAF_OPTAX_DOCS_ONLINE") == "1"
+          or os.environ.get("READTHEDOCS", "").lower() == "true")
+if ONLINE:
+  extensions.append("sphinx.ext.intersphinx")
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "README.md"]
@@ -45,11 +86,21 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 html_theme = "sphinx_book_theme"
-html_title = "gaf_optax"
+html_title = f"gaf_optax {release}"
+# No repository button: the project has no public repository URL yet
+# (pyproject.toml has no [project.urls]); add ``repository_url`` and
+# ``use_repository_button`` here when it has one.
 html_theme_options = {
     "show_toc_level": 2,
     "home_page_in_toc": True,
+    # One search button, the sidebar's (the book theme's place for it); the
+    # PyData header's persistent copy would add a second in an empty bar.
+    "navbar_persistent": [],
 }
+html_static_path = ["_static"]
+# Wide tables scroll or wrap inside the text column; plots link to their
+# full-size file (see ``_link_images_to_full_size``).
+html_css_files = ["custom.css"]
 napoleon_use_ivar = True  # "Attributes:" as fields, not duplicate objects
 # Heading levels inside the READMEs and results files that pages include
 # are theirs (a README's "###" study under a page's title).
@@ -177,8 +228,39 @@ def _readable_signature(app, what, name, obj, options, signature,
   return text, return_annotation
 
 
+def _link_images_to_full_size(app, doctree, docname):
+  """Wraps every included image in a link to its full-size file.
+
+  The text column is about 690 px wide at 1280 px, so a 2400 px plot is
+  shown squeezed; the link opens it at full size.  Sphinx links only images
+  given a ``width``, ``height`` or ``scale`` (``html_scaled_image_link``);
+  ours have none, so this does it for all of them, to the copy the HTML
+  builder puts in ``_images/``.  An image already inside a link is left.
+  """
+  builder = app.builder
+  if builder.format != "html":
+    return
+  from sphinx.util.osutil import relative_uri  # pylint: disable=g-import-not-at-top
+  images = relative_uri(builder.get_target_uri(docname), "_images")
+  for node in list(doctree.findall(nodes.image)):
+    if isinstance(node.parent, nodes.reference):
+      continue
+    uri = node["uri"]
+    if uri in app.env.images:
+      target = posixpath.join(images, app.env.images[uri][1])
+    elif "://" in uri:
+      target = uri
+    else:
+      continue
+    reference = nodes.reference("", "", internal="://" not in uri,
+                                refuri=target, classes=["image-reference"])
+    node.replace_self(reference)
+    reference.append(node)
+
+
 def setup(app):
   app.connect("include-read", _rewrite_links)
+  app.connect("doctree-resolved", _link_images_to_full_size)
   app.connect("autodoc-process-docstring", _own_docstring_only)
   app.connect("autodoc-skip-member", _skip_foreign_defaults)
   app.connect("autodoc-process-signature", _readable_signature)
