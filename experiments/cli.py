@@ -229,3 +229,70 @@ def absl_flags_parser(argv: Sequence[str]):
     print(f"error: {_config_field_error(e, args)} (see --help)",
           file=sys.stderr)
   sys.exit(EXIT_BAD_INPUT)
+
+
+class DropTracebacks:
+  """A text stream that leaves out tracebacks ending in given errors.
+
+  Orbax's background threads print ``RuntimeError: Event loop is closed``
+  tracebacks when a failed asynchronous save is torn down (the event loop
+  closes while TensorStore still calls back into it): noise after an error
+  that is reported in one line. This stream, put in place of
+  ``sys.stderr`` for the run, holds each ``Traceback (most recent call
+  last):`` block until its final line and drops the block when that line
+  starts with one of ``endings``; any other block, and every other line,
+  goes through unchanged. A block still open when the process ends is not
+  written (a thread cut off mid-traceback).
+  """
+
+  _HEAD = "Traceback (most recent call last):"
+
+  def __init__(self, stream, endings: Sequence[str] = (
+      "RuntimeError: Event loop is closed",)):
+    self.stream = stream
+    self.endings = tuple(endings)
+    self._partial = ""  # text after the last newline
+    self._block: list[str] | None = None  # an open traceback's lines
+
+  def write(self, text: str) -> int:
+    n = len(text)
+    if self._block is None and not self._partial:
+      start = text.find(self._HEAD)
+      if start < 0:  # the usual case, progress bars' "\r" included
+        self.stream.write(text)
+        return n
+      self.stream.write(text[:start])
+      text = text[start:]
+    lines = (self._partial + text).split("\n")
+    self._partial = lines.pop()
+    for line in lines:
+      self._line(line + "\n")
+    if self._block is None and self._partial:
+      self.stream.write(self._partial)
+      self._partial = ""
+    return n
+
+  def _line(self, line: str) -> None:
+    if self._block is None:
+      if line.startswith(self._HEAD):
+        self._block = [line]
+      else:
+        self.stream.write(line)
+      return
+    if line[:1] in (" ", "\t"):  # a frame or a source line
+      self._block.append(line)
+      return
+    block, self._block = self._block, None
+    if line.startswith(self.endings):
+      return
+    if line.startswith(self._HEAD):
+      self.stream.write("".join(block))  # a new one began: keep the last
+      self._block = [line]
+      return
+    self.stream.write("".join(block) + line)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)

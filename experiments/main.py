@@ -89,6 +89,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     logging.get_absl_logger().addFilter(_no_orbax_tracebacks)
+    if not (flags.FLAGS.debug or cli.debug()):
+      sys.stderr = cli.DropTracebacks(sys.stderr)
   try:
     summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except Exception as e:  # pylint: disable=broad-except
@@ -102,9 +104,11 @@ def main(argv):
       # own tracebacks while the interpreter shuts down ("Event loop is
       # closed"); the message is out and the good checkpoints are on disk,
       # so the process ends here, without that teardown.
-      print(cli.message(e), file=sys.stderr)
+      # The message goes to the real stream: a traceback another thread
+      # was printing is still held by DropTracebacks, and is dropped.
+      print(cli.message(e), file=sys.__stderr__)
       sys.stdout.flush()
-      sys.stderr.flush()
+      sys.__stderr__.flush()
       os._exit(code)  # pylint: disable=protected-access
     cli.fail(code, e, show_traceback=(
         not isinstance(e, training.Preempted) and verbose))

@@ -6,6 +6,7 @@ paths (nothing trains).
 """
 
 import glob
+import io
 import json
 import os
 import subprocess
@@ -212,3 +213,24 @@ def test_did_you_mean():
   assert cli.did_you_mean("optimzer", ["optimizer", "model"]) == (
       "; did you mean optimizer?")
   assert cli.did_you_mean("zzz", ["optimizer"]) == ""
+
+
+def test_drop_tracebacks_leaves_out_only_the_teardown_noise():
+  out = io.StringIO()
+  err = cli.DropTracebacks(out)
+  noise = ("Traceback (most recent call last):\n"
+           '  File "base_events.py", line 837, in call_soon_threadsafe\n'
+           "    self._check_closed()\n"
+           "RuntimeError: Event loop is closed\n")
+  bug = ("Traceback (most recent call last):\n"
+         '  File "x.py", line 1, in <module>\n'
+         "ValueError: a real one\n")
+  err.write("progress 10%\r")
+  err.write("progress 20%\r")
+  assert out.getvalue() == "progress 10%\rprogress 20%\r"  # not held back
+  for chunk in (noise[:40], noise[40:], bug, "one line\n", noise):
+    err.write(chunk)
+  # A traceback cut off by the process's end (another thread) is dropped.
+  err.write("Traceback (most recent call last):\n  File \"y.py\"")
+  assert out.getvalue() == ("progress 10%\rprogress 20%\r" + bug +
+                            "one line\n")
